@@ -1,0 +1,112 @@
+"""The application factory, in named steps."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event
+
+from app.config import INSTANCE_DIR, load_config
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app; `config` overrides settings read from the environment."""
+    settings = load_config(
+        (config or {}).get("APP_ENV"), {k: v for k, v in (config or {}).items() if k != "APP_ENV"}
+    )
+    app = Flask(__name__, instance_path=str(INSTANCE_DIR), instance_relative_config=False)
+    app.config.update(settings)
+    app.config["JWT_ACCESS_TOKEN_EXPIRES"] = timedelta(seconds=settings["JWT_ACCESS_TOKEN_EXPIRES"])
+    app.config["JWT_REFRESH_TOKEN_EXPIRES"] = timedelta(
+        seconds=settings["JWT_REFRESH_TOKEN_EXPIRES"]
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the envelope's field order
+    INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+
+    configure_logging_for(app)
+    register_extensions(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    register_commands(app)
+    return app
+
+
+def configure_logging_for(app: Flask) -> None:
+    from app.core.logging import configure_logging
+
+    if not app.testing:
+        configure_logging(app.config["LOG_LEVEL"])
+
+
+def register_extensions(app: Flask) -> None:
+    from app.auth.guard import register_jwt_callbacks
+    from app.core.db import sqlite_pragmas
+    from app.core.middleware import register_middleware
+    from app.core.security import passwords
+    from app.extensions import api, db, jwt, migrate
+
+    app.config.update(
+        JWT_TOKEN_LOCATION=["headers"],
+        JWT_DECODE_ALGORITHMS=[app.config["JWT_ALGORITHM"]],  # never "none"
+        JWT_BLACKLIST_ENABLED=True,
+        API_SPEC_OPTIONS={
+            "components": {
+                "securitySchemes": {
+                    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                }
+            },
+            "servers": [{"url": "/"}],
+        },
+    )
+    passwords.configure(app.config["ARGON2_TIME_COST"], app.config["ARGON2_MEMORY_COST_KIB"])
+    register_middleware(app)
+    register_swagger_ui(app)
+    db.init_app(app)
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            event.listen(db.engine, "connect", sqlite_pragmas)
+    migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
+    jwt.init_app(app)
+    register_jwt_callbacks(app)
+    api.init_app(app)
+
+
+def register_swagger_ui(app: Flask) -> None:
+    """Serve Swagger UI's files from the swagger-ui-bundle package: the docs work offline."""
+    import swagger_ui_bundle
+    from flask import send_from_directory
+
+    static_dir = swagger_ui_bundle.swagger_ui_path
+    app.config["OPENAPI_SWAGGER_UI_URL"] = "/api/docs/static/"
+
+    @app.get("/api/docs/static/<path:filename>")
+    def swagger_ui_static(filename: str) -> Any:
+        return send_from_directory(static_dir, filename, max_age=86400)
+
+
+def register_blueprints(app: Flask) -> None:
+    from app.auth.routes import blp as auth_blp
+    from app.extensions import api
+    from app.ops.routes import blp as ops_blp
+    from app.posts.routes import blp as posts_blp
+    from app.users.routes import blp as users_blp
+
+    api.register_blueprint(users_blp)
+    api.register_blueprint(posts_blp)
+    api.register_blueprint(auth_blp)
+    app.register_blueprint(ops_blp)
+
+
+def register_errorhandlers(app: Flask) -> None:
+    from app.core.errors import AppError, handle_app_error, handle_unexpected
+
+    app.register_error_handler(AppError, handle_app_error)
+    app.register_error_handler(Exception, handle_unexpected)
+
+
+def register_commands(app: Flask) -> None:
+    from app.cli import register_cli
+
+    register_cli(app)

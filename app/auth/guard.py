@@ -1,0 +1,110 @@
+"""Authentication for routes: the JWT callbacks, the `authenticated` decorator, the principal.
+
+Tokens are checked against the user's current state on every request: a deleted user's token is
+refused, and the admin scope counts only while the user is still an admin.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from flask import Flask, Response, current_app
+from flask_jwt_extended import get_current_user, get_jwt, verify_jwt_in_request
+
+from app.auth.blocklist import TokenBlocklist
+from app.core.errors import error_response
+from app.core.redis_client import get_redis
+from app.core.security import ADMIN_SCOPE, Principal
+from app.extensions import db, jwt
+from app.users.models import User
+from app.users.repository import UserRepository
+
+F = TypeVar("F", bound=Callable[..., Any])
+BEARER_AUTH = [{"bearerAuth": []}]
+
+
+def blocklist() -> TokenBlocklist:
+    return TokenBlocklist(db.session, get_redis(current_app.config["REDIS_URL"]))
+
+
+def authenticated(*, optional: bool = False, refresh: bool = False) -> Callable[[F], F]:
+    """Require (or, with `optional`, accept) a valid access token before the view runs."""
+
+    def decorator(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            verify_jwt_in_request(optional=optional, refresh=refresh)
+            return view(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorator
+
+
+def current_principal() -> Principal | None:
+    claims = get_jwt()
+    if not claims:
+        return None
+    user = cast(User, get_current_user())
+    token_scopes = set(claims.get("scope") or [])
+    if not user.is_admin:
+        token_scopes.discard(ADMIN_SCOPE)
+    return Principal(user_id=user.id, public_id=user.public_id, scopes=frozenset(token_scopes))
+
+
+def require_principal() -> Principal:
+    principal = current_principal()
+    if principal is None:  # only reachable if a view forgot @authenticated
+        raise RuntimeError("view needs @authenticated")
+    return principal
+
+
+def _unauthorized(message: str) -> Response:
+    return error_response(401, "UNAUTHENTICATED", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def register_jwt_callbacks(app: Flask) -> None:
+    @jwt.user_lookup_loader
+    def _load_user(_header: dict, claims: dict) -> User | None:
+        try:
+            public_id = uuid.UUID(str(claims["sub"]))
+        except (KeyError, ValueError):
+            return None
+        return UserRepository(db.session).get(public_id)
+
+    @jwt.token_in_blocklist_loader
+    def _is_revoked(_header: dict, claims: dict) -> bool:
+        return blocklist().is_revoked(str(claims.get("jti", "")))
+
+    @jwt.unauthorized_loader
+    def _missing(reason: str) -> Response:
+        return _unauthorized("Authentication is required: send Authorization: Bearer <token>.")
+
+    @jwt.invalid_token_loader
+    def _invalid(reason: str) -> Response:
+        return _unauthorized("The token is not valid.")
+
+    @jwt.expired_token_loader
+    def _expired(_header: dict, _claims: dict) -> Response:
+        return _unauthorized("The token has expired.")
+
+    @jwt.revoked_token_loader
+    def _revoked(_header: dict, _claims: dict) -> Response:
+        return _unauthorized("The token has been revoked.")
+
+    @jwt.user_lookup_error_loader
+    def _no_user(_header: dict, _claims: dict) -> Response:
+        return _unauthorized("The token's user no longer exists.")
+
+    @jwt.needs_fresh_token_loader
+    def _not_fresh(_header: dict, _claims: dict) -> Response:
+        return _unauthorized("A fresh token is required.")
+
+    @jwt.token_verification_failed_loader
+    def _failed(_header: dict, _claims: dict) -> Response:
+        return _unauthorized("The token is not valid.")
+
+    app.config.setdefault("JWT_ERROR_MESSAGE_KEY", "message")

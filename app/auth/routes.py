@@ -1,0 +1,59 @@
+"""HTTP layer for authentication: login, refresh (with rotation), logout."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from flask import current_app
+from flask.views import MethodView
+from flask_jwt_extended import get_current_user, get_jwt
+
+from app.auth.guard import BEARER_AUTH, authenticated, blocklist
+from app.auth.schemas import LoginSchema, TokenEnvelopeSchema
+from app.auth.service import AuthService
+from app.core.api import ApiBlueprint, errors_doc
+from app.extensions import db
+
+blp = ApiBlueprint("auth", __name__, url_prefix="/api/auth", description="Authentication.")
+
+
+def service() -> AuthService:
+    return AuthService(
+        db.session,
+        blocklist=blocklist(),
+        access_ttl=int(current_app.config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()),
+    )
+
+
+@blp.route("/login")
+class Login(MethodView):
+    @blp.response(200, TokenEnvelopeSchema)
+    @errors_doc(blp, 400, 401, 413, 415)
+    @blp.arguments(LoginSchema)
+    def post(self, data: dict[str, Any]) -> Any:
+        """Exchange email and password for an access and a refresh token."""
+        return {"data": asdict(service().login(data["email"], data["password"]))}
+
+
+@blp.route("/refresh")
+class Refresh(MethodView):
+    @blp.response(200, TokenEnvelopeSchema)
+    @blp.doc(security=BEARER_AUTH)
+    @errors_doc(blp, 401)
+    @authenticated(refresh=True)
+    def post(self) -> Any:
+        """Send the refresh token as Bearer: get a new pair; the old refresh token is revoked."""
+        return {"data": asdict(service().refresh(get_current_user(), get_jwt()))}
+
+
+@blp.route("/logout")
+class Logout(MethodView):
+    @blp.response(204)
+    @blp.doc(security=BEARER_AUTH)
+    @errors_doc(blp, 401)
+    @authenticated()
+    def post(self) -> Any:
+        """Revoke the access token sent (every web process refuses it from then on)."""
+        service().logout(get_jwt())
+        return ""

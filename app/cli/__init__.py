@@ -1,0 +1,13 @@
+"""Operator commands: `flask users ...`, `flask seed`."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_cli(app: Flask) -> None:
+    from app.cli.seed import seed_command
+    from app.cli.users import users_cli
+
+    app.cli.add_command(users_cli)
+    app.cli.add_command(seed_command)

@@ -1,0 +1,118 @@
+"""Settings from the environment, one class per APP_ENV.
+
+Every value comes from an environment variable (see `.env.example`); the classes only hold the
+defaults that differ between environments.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from environs import Env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+INSTANCE_DIR = Path(os.environ.get("INSTANCE_PATH", BASE_DIR / "instance"))
+
+# Values that must never reach production: the development defaults below.
+DEV_SECRET = "dev-secret-change-me"  # noqa: S105 - a known-bad default, refused in production
+DEV_JWT_SECRET = "dev-jwt-secret-change-me-32-bytes!"  # noqa: S105 - refused in production
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a configuration we can run with."""
+
+
+def _sqlite_url(name: str) -> str:
+    return f"sqlite:///{INSTANCE_DIR / name}"
+
+
+def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = None) -> dict:
+    """Build the Flask config mapping for APP_ENV (or `env_name`) from the environment."""
+    env = Env()
+    env.read_env(BASE_DIR / ".env", recurse=False)
+    app_env = (env_name or env.str("APP_ENV", "development")).lower()
+    if app_env not in {"development", "testing", "production"}:
+        raise ConfigError(f"APP_ENV must be development, testing or production, not {app_env!r}")
+    testing = app_env == "testing"
+    production = app_env == "production"
+
+    redis_url = env.str("REDIS_URL", "") or None
+    database_url = env.str("DATABASE_URL", "") or _sqlite_url(
+        "test.sqlite3" if testing else "app.sqlite3"
+    )
+    cfg: dict[str, Any] = {
+        "APP_ENV": app_env,
+        "TESTING": testing,
+        "DEBUG": False,
+        "SECRET_KEY": env.str("SECRET_KEY", "" if production else DEV_SECRET),
+        "JWT_SECRET_KEY": env.str("JWT_SECRET_KEY", "" if production else DEV_JWT_SECRET),
+        "JWT_ALGORITHM": env.str("JWT_ALGORITHM", "HS256"),
+        "JWT_ACCESS_TOKEN_EXPIRES": env.int("JWT_ACCESS_TOKEN_EXPIRES_SECONDS", 900),
+        "JWT_REFRESH_TOKEN_EXPIRES": env.int("JWT_REFRESH_TOKEN_EXPIRES_SECONDS", 30 * 86400),
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SQLALCHEMY_ECHO": env.bool("SQLALCHEMY_ECHO", False),
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": env.str("CELERY_BROKER_URL", "")
+        or redis_url
+        or f"sqla+sqlite:///{INSTANCE_DIR / 'celery-broker.sqlite3'}",
+        "CELERY_RESULT_BACKEND": env.str("CELERY_RESULT_BACKEND", "")
+        or redis_url
+        or f"db+sqlite:///{INSTANCE_DIR / 'celery-results.sqlite3'}",
+        "PORT": env.int("PORT", 8000),
+        "WEB_CONCURRENCY": env.int("WEB_CONCURRENCY", 2),
+        "LOG_LEVEL": env.str("LOG_LEVEL", "INFO").upper(),
+        "CORS_ORIGINS": env.list("CORS_ORIGINS", []),
+        "MAX_CONTENT_LENGTH": env.int("MAX_CONTENT_LENGTH", 1024 * 1024),
+        "RATELIMIT_ENABLED": env.bool("RATELIMIT_ENABLED", not testing),
+        "RATELIMIT_ANONYMOUS": env.str("RATELIMIT_ANONYMOUS", "300/minute"),
+        "RATELIMIT_AUTHENTICATED": env.str("RATELIMIT_AUTHENTICATED", "1200/minute"),
+        "RATELIMIT_LOGIN": env.str("RATELIMIT_LOGIN", "10/minute"),
+        "RATELIMIT_REGISTER": env.str("RATELIMIT_REGISTER", "20/hour"),
+        "CACHE_ENABLED": env.bool("CACHE_ENABLED", True),
+        "CACHE_TTL_SECONDS": env.int("CACHE_TTL_SECONDS", 300),
+        # Argon2 cost: the library's defaults in production; cheaper in tests only.
+        "ARGON2_TIME_COST": env.int("ARGON2_TIME_COST", 1 if testing else 3),
+        "ARGON2_MEMORY_COST_KIB": env.int("ARGON2_MEMORY_COST_KIB", 1024 if testing else 65536),
+        "PAGINATION_DEFAULT_PER_PAGE": 20,
+        "PAGINATION_MAX_PER_PAGE": 100,
+        # `meta.total` switches to the planner's estimate above this many rows (Postgres only).
+        "PAGINATION_EXACT_TOTAL_LIMIT": env.int("PAGINATION_EXACT_TOTAL_LIMIT", 100_000),
+        "DISK_MIN_FREE_BYTES": env.int("DISK_MIN_FREE_BYTES", 100 * 1024 * 1024),
+        # flask-smorest / OpenAPI
+        "API_TITLE": "Postboard API",
+        "API_VERSION": "1.0.0",
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/api",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "docs",
+        "PROPAGATE_EXCEPTIONS": False,
+        "JSON_SORT_KEYS": False,
+    }
+    if database_url.startswith("sqlite"):
+        # One writer at a time on SQLite: wait for the lock instead of failing at once.
+        cfg["SQLALCHEMY_ENGINE_OPTIONS"] = {"connect_args": {"timeout": 30}}
+    else:
+        cfg["SQLALCHEMY_ENGINE_OPTIONS"] = {
+            "pool_pre_ping": True,
+            "pool_size": env.int("DB_POOL_SIZE", 5),
+            "max_overflow": env.int("DB_MAX_OVERFLOW", 5),
+            "pool_timeout": 5,
+        }
+    if overrides:
+        cfg.update(overrides)
+    if cfg["APP_ENV"] == "production":
+        enforce_production_secrets(cfg)
+    return cfg
+
+
+def enforce_production_secrets(cfg: dict[str, Any]) -> None:
+    """Refuse to start production with an empty, default or short secret."""
+    for key, default in (("SECRET_KEY", DEV_SECRET), ("JWT_SECRET_KEY", DEV_JWT_SECRET)):
+        value = cfg.get(key) or ""
+        if not value or value == default or value.lower() in {"changeme", "secret", "change-me"}:
+            raise ConfigError(f"{key} must be set to a real secret in production")
+        if len(value) < MIN_SECRET_LENGTH:
+            raise ConfigError(f"{key} must be at least {MIN_SECRET_LENGTH} characters in production")

@@ -1,0 +1,77 @@
+"""flask-smorest wiring: our error envelope in the handler and the docs, and a 400 parser."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+import marshmallow as ma
+from flask import Request, Response
+from flask_smorest import Api, Blueprint
+from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import HTTPException
+
+from app.core import errors
+
+
+class ErrorDetailSchema(ma.Schema):
+    field = ma.fields.String(required=True, metadata={"example": "email"})
+    message = ma.fields.String(required=True, metadata={"example": "Not a valid email address."})
+
+
+class ErrorBodySchema(ma.Schema):
+    code = ma.fields.String(
+        required=True,
+        metadata={"example": "VALIDATION_ERROR"},
+        validate=ma.validate.OneOf(sorted({code for code, _ in errors.HTTP_CODES.values()})),
+    )
+    message = ma.fields.String(required=True, metadata={"example": "The request is not valid."})
+    details = ma.fields.List(ma.fields.Nested(ErrorDetailSchema))
+
+
+class ErrorEnvelopeSchema(ma.Schema):
+    error = ma.fields.Nested(ErrorBodySchema, required=True)
+
+
+class RestApi(Api):
+    """Api whose every error, and every documented error response, is the contract's envelope."""
+
+    ERROR_SCHEMA = ErrorEnvelopeSchema
+
+    def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
+        return errors.handle_http_exception(error)
+
+
+class JsonParser(FlaskParser):
+    """Validation failures are 400 with per-field details; a non-JSON body is 415."""
+
+    DEFAULT_VALIDATION_STATUS = 400
+
+    def load_json(self, req: Request, schema: ma.Schema) -> Any:
+        if not req.is_json:
+            raise errors.UnsupportedMediaType()
+        return super().load_json(req, schema)
+
+    def _handle_invalid_json_error(self, error: Any, req: Request, *a: Any, **k: Any) -> NoReturn:
+        reason = str(error) if isinstance(error, json.JSONDecodeError) else "not UTF-8"
+        raise errors.ValidationFailed(
+            "The request body is not valid JSON.",
+            details=[{"field": "body", "message": f"Invalid JSON: {reason}"}],
+        )
+
+
+class ApiBlueprint(Blueprint):
+    ARGUMENTS_PARSER = JsonParser()
+    PAGINATION_ARGUMENTS_PARSER = JsonParser()
+
+
+def errors_doc(blp: Blueprint, *statuses: int) -> Any:
+    """Document error responses (each a $ref to the shared error-envelope response)."""
+    from http import HTTPStatus
+
+    def decorator(view: Any) -> Any:
+        for status in statuses:
+            view = blp.alt_response(status, response=HTTPStatus(status).name)(view)
+        return view
+
+    return decorator

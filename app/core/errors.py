@@ -1,0 +1,183 @@
+"""Domain errors and the one place that turns any error into the contract's envelope.
+
+Services raise `AppError` subclasses; routes never build error responses themselves. Werkzeug's
+HTTP errors (unknown route, 405, 413, ...) and uncaught exceptions go through the same mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from http import HTTPStatus
+from typing import Any
+
+from flask import Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+Details = list[dict[str, str]]
+
+
+class AppError(Exception):
+    """An error with a contract code, an HTTP status and optional per-field details."""
+
+    status = 500
+    code = "INTERNAL_ERROR"
+    default_message = "An unexpected error occurred."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: Details | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or self.default_message)
+        self.message = message or self.default_message
+        self.details = details or []
+        self.headers = dict(headers or {})
+
+
+class ValidationFailed(AppError):
+    status, code, default_message = 400, "VALIDATION_ERROR", "The request is not valid."
+
+
+class Unauthenticated(AppError):
+    status, code, default_message = 401, "UNAUTHENTICATED", "Authentication is required."
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", "Bearer")
+
+
+class Forbidden(AppError):
+    status, code, default_message = 403, "FORBIDDEN", "You may not do this."
+
+
+class NotFound(AppError):
+    status, code, default_message = 404, "NOT_FOUND", "The resource was not found."
+
+
+class Conflict(AppError):
+    status, code, default_message = 409, "CONFLICT", "The request conflicts with existing data."
+
+
+class PreconditionFailed(AppError):
+    status, code = 412, "PRECONDITION_FAILED"
+    default_message = "The resource has changed since you last read it."
+
+
+class PayloadTooLarge(AppError):
+    status, code, default_message = 413, "PAYLOAD_TOO_LARGE", "The request body is too large."
+
+
+class UnsupportedMediaType(AppError):
+    status, code = 415, "UNSUPPORTED_MEDIA_TYPE"
+    default_message = "The request body must be application/json."
+
+
+class Unprocessable(AppError):
+    status, code, default_message = 422, "UNPROCESSABLE", "The request cannot be processed."
+
+
+class RateLimited(AppError):
+    status, code, default_message = 429, "RATE_LIMITED", "Too many requests."
+
+
+class ServiceUnavailable(AppError):
+    status, code, default_message = 503, "SERVICE_UNAVAILABLE", "The service is unavailable."
+
+
+# HTTP statuses that werkzeug raises itself, mapped to the contract's codes.
+HTTP_CODES: dict[int, tuple[str, str]] = {
+    400: ("VALIDATION_ERROR", "The request is not valid."),
+    401: ("UNAUTHENTICATED", "Authentication is required."),
+    403: ("FORBIDDEN", "You may not do this."),
+    404: ("NOT_FOUND", "The resource was not found."),
+    405: ("METHOD_NOT_ALLOWED", "The method is not allowed for this resource."),
+    409: ("CONFLICT", "The request conflicts with existing data."),
+    412: ("PRECONDITION_FAILED", "The resource has changed since you last read it."),
+    413: ("PAYLOAD_TOO_LARGE", "The request body is too large."),
+    415: ("UNSUPPORTED_MEDIA_TYPE", "The request body must be application/json."),
+    422: ("UNPROCESSABLE", "The request cannot be processed."),
+    428: ("PRECONDITION_FAILED", "This request must be conditional."),
+    429: ("RATE_LIMITED", "Too many requests."),
+    500: ("INTERNAL_ERROR", "An unexpected error occurred."),
+    503: ("SERVICE_UNAVAILABLE", "The service is unavailable."),
+}
+
+
+def envelope(code: str, message: str, details: Iterable[Mapping[str, str]] = ()) -> dict:
+    """The contract's error body: `{"error": {"code", "message", "details"?}}`."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    details = [dict(d) for d in details]
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Iterable[Mapping[str, str]] = (),
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    response = jsonify(envelope(code, message, details))
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def flatten_messages(messages: Any, prefix: str = "") -> Details:
+    """Turn marshmallow's nested `{field: [msg]}` into the contract's `[{field, message}]`."""
+    out: Details = []
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key == "_schema":
+                name = prefix or "body"
+            out.extend(flatten_messages(value, name))
+    elif isinstance(messages, list | tuple):
+        for item in messages:
+            if isinstance(item, Mapping | list | tuple):
+                out.extend(flatten_messages(item, prefix))
+            else:
+                out.append({"field": prefix or "body", "message": str(item)})
+    else:
+        out.append({"field": prefix or "body", "message": str(messages)})
+    return out
+
+
+def handle_app_error(error: AppError) -> Response:
+    if error.status >= 500:
+        log.error("app_error", extra={"code": error.code})
+    return error_response(error.status, error.code, error.message, error.details, error.headers)
+
+
+def handle_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    code, message = HTTP_CODES.get(
+        status, ("INTERNAL_ERROR" if status >= 500 else "VALIDATION_ERROR", error.name)
+    )
+    details: Details = []
+    data = getattr(error, "data", None) or {}
+    if data.get("messages"):  # webargs validation errors: {location: {field: [msg]}}
+        for location_messages in data["messages"].values():
+            details.extend(flatten_messages(location_messages))
+    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    return error_response(status, code, message, details, headers)
+
+
+def handle_unexpected(error: Exception) -> Response:
+    if isinstance(error, HTTPException):
+        return handle_http_exception(error)
+    if isinstance(error, AppError):
+        return handle_app_error(error)
+    # Logged with the traceback for operators; the client sees only the generic envelope.
+    log.exception("unhandled_exception")
+    return error_response(500, "INTERNAL_ERROR", HTTPStatus.INTERNAL_SERVER_ERROR.phrase + ".")

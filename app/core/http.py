@@ -1,0 +1,64 @@
+"""Helpers the routes share: envelopes, ETags and conditional GETs, Link headers."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Response, current_app, request
+
+from app.core.conditional import etag_for, parse_if_match
+from app.core.pagination import CursorCodec, Page, PageParams
+
+
+def cursor_codec() -> CursorCodec:
+    codec = current_app.extensions.get("cursor_codec")
+    if codec is None:
+        codec = current_app.extensions["cursor_codec"] = CursorCodec(current_app.config["SECRET_KEY"])
+    return codec
+
+
+def if_match() -> set[int] | None:
+    return parse_if_match(request.headers.get("If-Match"))
+
+
+def single(
+    view: dict[str, Any], version: int, *, status: int = 200, location: str | None = None
+) -> Any:
+    """`{"data": view}` with ETag and Cache-Control; a matching If-None-Match on GET is a 304."""
+    etag = etag_for(version)
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "private, no-cache",
+        "Vary": "Authorization",
+    }
+    if location:
+        headers["Location"] = location
+    if request.method in ("GET", "HEAD") and _none_match(etag):
+        return Response(status=304, headers=headers)
+    return {"data": view}, status, headers
+
+
+def _none_match(etag: str) -> bool:
+    header = request.headers.get("If-None-Match")
+    if not header:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
+    return "*" in tags or etag in tags
+
+
+def listing(page: Page[Any], views: list[dict[str, Any]]) -> Any:
+    """`{"data": [...], "meta": {...}}` with a `Link: <...>; rel="next"` when there is more."""
+    headers = {}
+    if page.next_cursor is not None:
+        args = {k: v for k, v in request.args.items() if k not in ("page", "cursor", "per_page")}
+        if page.page is not None:
+            args.update(page=str(page.page + 1), per_page=str(page.per_page))
+        else:
+            args.update(cursor=page.next_cursor, per_page=str(page.per_page))
+        headers["Link"] = f'<{request.base_url}?{urlencode(args)}>; rel="next"'
+    return {"data": views, "meta": page.meta()}, 200, headers
+
+
+def page_params(args: dict[str, Any]) -> PageParams:
+    return PageParams.from_args(args)

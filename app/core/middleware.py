@@ -1,0 +1,78 @@
+"""The request pipeline, in one place.
+
+    request -> request id -> body checks (size 413, media type 415) -> auth -> validate -> handler
+
+Request id and body checks run here as `before_request` hooks; auth runs in each view's
+`@authenticated` decorator, before `@blp.arguments` validation; the access log wraps it all.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+
+from app.core.context import request_id_var
+from app.core.errors import PayloadTooLarge, UnsupportedMediaType
+
+log = logging.getLogger("app.access")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def register_middleware(app: Flask) -> None:
+    app.before_request(_start)
+    app.before_request(_check_body)
+    app.after_request(_finish)
+    app.teardown_request(_clear)
+
+
+def _start() -> None:
+    g.started = time.perf_counter()
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    g.request_id_token = request_id_var.set(g.request_id)
+
+
+def _has_body() -> bool:
+    return bool(request.content_length) or "chunked" in request.headers.get(
+        "Transfer-Encoding", ""
+    ).lower()
+
+
+def _check_body() -> None:
+    if request.method not in BODY_METHODS or not _has_body():
+        return
+    limit = request.max_content_length
+    if limit is not None and (request.content_length or 0) > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    if not request.is_json:
+        raise UnsupportedMediaType()
+
+
+def _finish(response: Response) -> Response:
+    request_id = getattr(g, "request_id", None) or uuid.uuid4().hex
+    response.headers["X-Request-ID"] = request_id
+    started = getattr(g, "started", None)
+    duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+    log.info(
+        "request",
+        extra={
+            "request_id": request_id,
+            "method": request.method,
+            "path": request.path,
+            "route": request.url_rule.rule if request.url_rule else None,
+            "status": response.status_code,
+            "duration_ms": duration_ms,
+        },
+    )
+    return response
+
+
+def _clear(_exc: BaseException | None) -> None:
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        request_id_var.reset(token)

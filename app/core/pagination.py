@@ -1,0 +1,156 @@
+"""One pagination helper for every list: offset pages and keyset cursors on (created_at, id).
+
+Cursors are opaque and tamper-evident: Fernet (AES + HMAC) over the sort key of the last row
+and the list they belong to, so a client can neither forge a position nor read internal ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import marshmallow as ma
+import sqlalchemy as sa
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy.orm import Session
+
+from app.core.errors import ValidationFailed
+
+T = TypeVar("T")
+
+DEFAULT_PER_PAGE = 20
+MAX_PER_PAGE = 100
+MAX_PAGE = 1_000_000
+CURSOR_MAX_LENGTH = 512
+
+
+class PageArgsSchema(ma.Schema):
+    """`?page=&per_page=` (offset) or `?cursor=&per_page=` (keyset)."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    page = ma.fields.Integer(
+        validate=ma.validate.Range(min=1, max=MAX_PAGE),
+        metadata={"description": "1-based page number (offset mode).", "example": 1},
+    )
+    per_page = ma.fields.Integer(
+        load_default=DEFAULT_PER_PAGE,
+        validate=ma.validate.Range(min=1, max=MAX_PER_PAGE),
+        metadata={"description": f"Items per page, 1 to {MAX_PER_PAGE}.", "example": 20},
+    )
+    cursor = ma.fields.String(
+        validate=ma.validate.Length(min=1, max=CURSOR_MAX_LENGTH),
+        metadata={"description": "Opaque cursor from `meta.next_cursor` (keyset mode)."},
+    )
+
+    @ma.validates_schema
+    def _one_mode(self, data: dict[str, Any], **_: Any) -> None:
+        if "page" in data and "cursor" in data:
+            raise ma.ValidationError("Use either page or cursor, not both.", "cursor")
+
+
+@dataclass(frozen=True)
+class PageParams:
+    per_page: int = DEFAULT_PER_PAGE
+    page: int | None = None
+    cursor: str | None = None
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> PageParams:
+        return cls(
+            per_page=args.get("per_page", DEFAULT_PER_PAGE),
+            page=args.get("page"),
+            cursor=args.get("cursor"),
+        )
+
+
+@dataclass
+class Page(Generic[T]):
+    items: list[T]
+    per_page: int
+    next_cursor: str | None
+    page: int | None = None
+    total: int | None = None
+    total_is_estimate: bool = False
+
+    @property
+    def has_next(self) -> bool:
+        return self.next_cursor is not None
+
+    def meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"per_page": self.per_page, "next_cursor": self.next_cursor}
+        if self.page is not None:
+            meta["page"] = self.page
+            meta["total"] = self.total
+            if self.total_is_estimate:
+                meta["total_is_estimate"] = True
+        return meta
+
+
+class CursorCodec:
+    """Encrypts and authenticates `(scope, created_at, id)`; anything else decodes to a 400."""
+
+    def __init__(self, secret: str) -> None:
+        key = hashlib.sha256(b"cursor:" + secret.encode()).digest()
+        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+
+    def encode(self, scope: str, created_at: datetime, row_id: int) -> str:
+        payload = json.dumps([scope, created_at.isoformat(), row_id], separators=(",", ":"))
+        return self._fernet.encrypt(payload.encode()).decode().rstrip("=")
+
+    def decode(self, scope: str, token: str) -> tuple[datetime, int]:
+        try:
+            padded = token + "=" * (-len(token) % 4)
+            raw = self._fernet.decrypt(padded.encode())
+            got_scope, created_at, row_id = json.loads(raw)
+            if got_scope != scope or not isinstance(row_id, int):
+                raise ValueError("cursor belongs to another list")
+            return datetime.fromisoformat(created_at), row_id
+        except (InvalidToken, ValueError, TypeError, UnicodeError) as exc:
+            raise ValidationFailed(
+                "The cursor is not valid for this list.",
+                details=[{"field": "cursor", "message": "Invalid or tampered cursor."}],
+            ) from exc
+
+
+def paginate(
+    session: Session,
+    stmt: sa.Select[Any],
+    *,
+    sort_columns: tuple[Any, Any],
+    params: PageParams,
+    codec: CursorCodec,
+    scope: str,
+    count_stmt: sa.Select[Any] | None = None,
+) -> Page[Any]:
+    """Run `stmt` (a select of one entity) as one page, newest first on `sort_columns`.
+
+    Offset mode adds one COUNT query; keyset mode does not count and costs the same at any depth.
+    Both fetch one extra row to learn whether there is a next page.
+    """
+    created_col, id_col = sort_columns
+    ordered = stmt.order_by(created_col.desc(), id_col.desc())
+    per_page = params.per_page
+    total: int | None = None
+    if params.cursor is not None:
+        created_at, row_id = codec.decode(scope, params.cursor)
+        position = sa.tuple_(sa.literal(created_at, created_col.type), sa.literal(row_id, id_col.type))
+        ordered = ordered.where(sa.tuple_(created_col, id_col) < position)
+        rows = list(session.scalars(ordered.limit(per_page + 1)))
+        page_no = None
+    else:
+        page_no = params.page or 1
+        rows = list(session.scalars(ordered.limit(per_page + 1).offset((page_no - 1) * per_page)))
+        base = count_stmt if count_stmt is not None else stmt
+        total = session.scalar(sa.select(sa.func.count()).select_from(base.order_by(None).subquery()))
+    items = rows[:per_page]
+    next_cursor = None
+    if len(rows) > per_page:
+        last = items[-1]
+        next_cursor = codec.encode(scope, last.created_at, last.id)
+    return Page(items=items, per_page=per_page, next_cursor=next_cursor, page=page_no, total=total)

@@ -1,0 +1,112 @@
+"""HTTP layer for posts: /api/posts, /api/posts/{id}, /api/users/{id}/posts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import url_for
+from flask.views import MethodView
+
+from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
+from app.core.api import ApiBlueprint, errors_doc
+from app.core.http import cursor_codec, if_match, listing, page_params, single
+from app.core.pagination import PageArgsSchema
+from app.extensions import db
+from app.posts.models import Post
+from app.posts.schemas import (
+    PostCreateSchema,
+    PostEnvelopeSchema,
+    PostListEnvelopeSchema,
+    PostPatchSchema,
+    PostPutSchema,
+    post_view,
+)
+from app.posts.service import PostService
+
+blp = ApiBlueprint("posts", __name__, url_prefix="/api", description="Posts.")
+
+WRITE_ERRORS = (400, 401, 403, 404, 412, 413, 415)
+OPTIONAL_AUTH = [*BEARER_AUTH, {}]
+
+
+def service() -> PostService:
+    return PostService(db.session, codec=cursor_codec())
+
+
+def respond(post: Post, *, status: int = 200) -> Any:
+    location = url_for("posts.PostItem", post_id=post.public_id) if status == 201 else None
+    return single(post_view(post), post.version, status=status, location=location)
+
+
+@blp.route("/posts")
+class PostCollection(MethodView):
+    @blp.response(200, PostListEnvelopeSchema)
+    @errors_doc(blp, 400)
+    @blp.arguments(PageArgsSchema, location="query", as_kwargs=True)
+    def get(self, **args: Any) -> Any:
+        """Published posts, newest first (offset or cursor pages)."""
+        page = service().list_published(page_params(args))
+        return listing(page, [post_view(p) for p in page.items])
+
+
+@blp.route("/users/<uuid:user_id>/posts")
+class UserPosts(MethodView):
+    @blp.response(200, PostListEnvelopeSchema)
+    @blp.doc(security=OPTIONAL_AUTH)
+    @errors_doc(blp, 400, 401, 404)
+    @authenticated(optional=True)
+    @blp.arguments(PageArgsSchema, location="query", as_kwargs=True)
+    def get(self, user_id: uuid.UUID, **args: Any) -> Any:
+        """A user's posts, newest first; drafts too for the user themself and admins."""
+        page = service().list_by_author(user_id, page_params(args), viewer=current_principal())
+        return listing(page, [post_view(p) for p in page.items])
+
+    @blp.response(201, PostEnvelopeSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @blp.doc(security=BEARER_AUTH)
+    @errors_doc(blp, 400, 401, 403, 404, 413, 415)
+    @authenticated()
+    @blp.arguments(PostCreateSchema)
+    def post(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
+        """Create a post as this user."""
+        return respond(service().create(user_id, data, actor=require_principal()), status=201)
+
+
+@blp.route("/posts/<uuid:post_id>")
+class PostItem(MethodView):
+    @blp.response(200, PostEnvelopeSchema)
+    @blp.doc(security=OPTIONAL_AUTH)
+    @errors_doc(blp, 401, 404)
+    @authenticated(optional=True)
+    def get(self, post_id: uuid.UUID) -> Any:
+        """Get a post (a draft only for its author and admins)."""
+        return respond(service().get(post_id, viewer=current_principal()))
+
+    @blp.response(200, PostEnvelopeSchema)
+    @blp.doc(security=BEARER_AUTH)
+    @errors_doc(blp, *WRITE_ERRORS)
+    @authenticated()
+    @blp.arguments(PostPutSchema)
+    def put(self, data: dict[str, Any], post_id: uuid.UUID) -> Any:
+        """Replace a post (title, body and status required)."""
+        post = service().update(post_id, data, actor=require_principal(), if_match=if_match())
+        return respond(post)
+
+    @blp.response(200, PostEnvelopeSchema)
+    @blp.doc(security=BEARER_AUTH)
+    @errors_doc(blp, *WRITE_ERRORS)
+    @authenticated()
+    @blp.arguments(PostPatchSchema)
+    def patch(self, data: dict[str, Any], post_id: uuid.UUID) -> Any:
+        """Change some of a post's fields."""
+        post = service().update(post_id, data, actor=require_principal(), if_match=if_match())
+        return respond(post)
+
+    @blp.response(204)
+    @blp.doc(security=BEARER_AUTH)
+    @errors_doc(blp, 401, 403, 404, 412)
+    @authenticated()
+    def delete(self, post_id: uuid.UUID) -> Any:
+        """Soft-delete a post."""
+        service().delete(post_id, actor=require_principal(), if_match=if_match())
+        return ""

@@ -1,0 +1,53 @@
+"""The users table."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base, PublicEntityMixin
+
+EMAIL_MAX = 254
+USERNAME_MAX = 32
+DISPLAY_NAME_MAX = 100
+BIO_MAX = 2000
+
+
+class User(PublicEntityMixin, Base):
+    __tablename__ = "users"
+
+    email: Mapped[str] = mapped_column(sa.String(EMAIL_MAX))
+    username: Mapped[str] = mapped_column(sa.String(USERNAME_MAX))
+    password_hash: Mapped[str] = mapped_column(sa.String(255))
+    display_name: Mapped[str] = mapped_column(sa.String(DISPLAY_NAME_MAX), default="")
+    bio: Mapped[str] = mapped_column(sa.Text, default="")
+    is_admin: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+
+    __table_args__ = (
+        # Unique among live rows only, case-insensitively: a deleted user's email is free again.
+        sa.Index(
+            "uq_users_email_live",
+            sa.func.lower(sa.column("email")),
+            unique=True,
+            sqlite_where=sa.text("deleted_at IS NULL"),
+            postgresql_where=sa.text("deleted_at IS NULL"),
+        ),
+        sa.Index(
+            "uq_users_username_live",
+            sa.func.lower(sa.column("username")),
+            unique=True,
+            sqlite_where=sa.text("deleted_at IS NULL"),
+            postgresql_where=sa.text("deleted_at IS NULL"),
+        ),
+        # Keyset pages of live users, newest first.
+        sa.Index(
+            "ix_users_live_created",
+            sa.text("created_at DESC"),
+            sa.text("id DESC"),
+            sqlite_where=sa.text("deleted_at IS NULL"),
+            postgresql_where=sa.text("deleted_at IS NULL"),
+        ),
+    )
+
+    def __repr__(self) -> str:
+        return f"<User {self.public_id} {self.username!r}>"

@@ -1,0 +1,114 @@
+"""HTTP layer for users: /api/users, /api/users/{id}, /api/me."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import url_for
+from flask.views import MethodView
+
+from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
+from app.core.api import ApiBlueprint, errors_doc
+from app.core.http import cursor_codec, if_match, listing, page_params, single
+from app.core.pagination import PageArgsSchema
+from app.extensions import db
+from app.users.models import User
+from app.users.schemas import (
+    UserCreateSchema,
+    UserEnvelopeSchema,
+    UserListEnvelopeSchema,
+    UserPatchSchema,
+    UserPutSchema,
+    user_view,
+)
+from app.users.service import UserService
+
+blp = ApiBlueprint("users", __name__, url_prefix="/api", description="Users.")
+
+WRITE_ERRORS = (400, 401, 403, 404, 409, 412, 413, 415)
+
+
+def service() -> UserService:
+    return UserService(db.session, codec=cursor_codec())
+
+
+def respond(user: User) -> Any:
+    viewer = current_principal()
+    return single(user_view(user, with_email=UserService.email_visible(user, viewer)), user.version)
+
+
+@blp.route("/users")
+class UserCollection(MethodView):
+    @blp.response(200, UserListEnvelopeSchema)
+    @errors_doc(blp, 400)
+    @blp.arguments(PageArgsSchema, location="query", as_kwargs=True)
+    def get(self, **args: Any) -> Any:
+        """List users, newest first (offset or cursor pages)."""
+        page = service().list(page_params(args))
+        return listing(page, [user_view(u, with_email=False) for u in page.items])
+
+    @blp.response(201, UserEnvelopeSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @errors_doc(blp, 400, 409, 413, 415)
+    @blp.arguments(UserCreateSchema)
+    def post(self, data: dict[str, Any]) -> Any:
+        """Register a user."""
+        user = service().register(data)
+        return respond_created(user)
+
+
+def respond_created(user: User) -> Any:
+    view = user_view(user, with_email=True)
+    location = url_for("users.UserItem", user_id=user.public_id)
+    return single(view, user.version, status=201, location=location)
+
+
+@blp.route("/users/<uuid:user_id>")
+class UserItem(MethodView):
+    @blp.response(200, UserEnvelopeSchema)
+    @blp.doc(security=[*BEARER_AUTH, {}])
+    @errors_doc(blp, 401, 404)
+    @authenticated(optional=True)
+    def get(self, user_id: uuid.UUID) -> Any:
+        """Get a user (the email only for the user themself and admins)."""
+        return respond(service().get(user_id))
+
+    @blp.response(200, UserEnvelopeSchema)
+    @blp.doc(security=BEARER_AUTH)
+    @errors_doc(blp, *WRITE_ERRORS)
+    @authenticated()
+    @blp.arguments(UserPutSchema)
+    def put(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
+        """Replace a user's profile (every mutable field required)."""
+        user = service().update(user_id, data, actor=require_principal(), if_match=if_match())
+        return respond(user)
+
+    @blp.response(200, UserEnvelopeSchema)
+    @blp.doc(security=BEARER_AUTH)
+    @errors_doc(blp, *WRITE_ERRORS)
+    @authenticated()
+    @blp.arguments(UserPatchSchema)
+    def patch(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
+        """Change some of a user's fields."""
+        user = service().update(user_id, data, actor=require_principal(), if_match=if_match())
+        return respond(user)
+
+    @blp.response(204)
+    @blp.doc(security=BEARER_AUTH)
+    @errors_doc(blp, 401, 403, 404, 412)
+    @authenticated()
+    def delete(self, user_id: uuid.UUID) -> Any:
+        """Soft-delete a user and their posts; their email and username become free."""
+        service().delete(user_id, actor=require_principal(), if_match=if_match())
+        return ""
+
+
+@blp.route("/me")
+class Me(MethodView):
+    @blp.response(200, UserEnvelopeSchema)
+    @blp.doc(security=BEARER_AUTH)
+    @errors_doc(blp, 401)
+    @authenticated()
+    def get(self) -> Any:
+        """The caller's own user."""
+        return respond(service().get_principal_user(require_principal()))

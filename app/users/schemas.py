@@ -1,0 +1,113 @@
+"""Request and response shapes for users."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import validate as v
+
+from app.core.schemas import StrictSchema, Text, envelope_schema
+from app.users.models import BIO_MAX, DISPLAY_NAME_MAX, EMAIL_MAX, USERNAME_MAX, User
+
+USERNAME_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+PASSWORD_MIN, PASSWORD_MAX = 8, 128
+
+
+def _email(**kw: Any) -> ma.fields.Email:
+    return ma.fields.Email(
+        validate=v.Length(max=EMAIL_MAX), metadata={"example": "ada@example.com"}, **kw
+    )
+
+
+def _username(**kw: Any) -> Text:
+    return Text(
+        validate=[
+            v.Length(min=3, max=USERNAME_MAX),
+            v.Regexp(USERNAME_RE, error="Use letters, digits, '_', '.' or '-'."),
+        ],
+        metadata={"example": "ada_l"},
+        **kw,
+    )
+
+
+def _password(**kw: Any) -> ma.fields.String:
+    return ma.fields.String(
+        validate=v.Length(min=PASSWORD_MIN, max=PASSWORD_MAX),
+        load_only=True,
+        metadata={"example": "correct horse battery"},
+        **kw,
+    )
+
+
+def _display_name(**kw: Any) -> Text:
+    return Text(validate=v.Length(max=DISPLAY_NAME_MAX), metadata={"example": "Ada Lovelace"}, **kw)
+
+
+def _bio(**kw: Any) -> Text:
+    return Text(
+        multiline=True, validate=v.Length(max=BIO_MAX), metadata={"example": "Analyst."}, **kw
+    )
+
+
+class UserCreateSchema(StrictSchema):
+    email = _email(required=True)
+    username = _username(required=True)
+    password = _password(required=True)
+    display_name = _display_name()
+    bio = _bio()
+
+
+class UserPutSchema(StrictSchema):
+    """PUT replaces the whole profile: every mutable field is required."""
+
+    email = _email(required=True)
+    username = _username(required=True)
+    display_name = _display_name(required=True)
+    bio = _bio(required=True)
+
+
+class UserPatchSchema(StrictSchema):
+    """PATCH changes some fields; a new password needs the current one (admins excepted)."""
+
+    email = _email()
+    username = _username()
+    display_name = _display_name()
+    bio = _bio()
+    password = _password()
+    current_password = ma.fields.String(
+        validate=v.Length(max=PASSWORD_MAX), load_only=True, metadata={"example": "old secret"}
+    )
+
+
+class UserSchema(ma.Schema):
+    id = ma.fields.UUID(required=True)
+    username = ma.fields.String(required=True)
+    display_name = ma.fields.String(required=True)
+    bio = ma.fields.String(required=True)
+    email = ma.fields.Email(
+        metadata={"description": "Only shown to the user themself and to admins."}
+    )
+    created_at = ma.fields.AwareDateTime(required=True)
+    updated_at = ma.fields.AwareDateTime(required=True)
+    version = ma.fields.Integer(required=True)
+
+
+UserEnvelopeSchema = envelope_schema("UserEnvelope", UserSchema)
+UserListEnvelopeSchema = envelope_schema("UserListEnvelope", UserSchema, many=True)
+
+
+def user_view(user: User, *, with_email: bool) -> dict[str, Any]:
+    """The public representation; the email only for the user themself and admins."""
+    view: dict[str, Any] = {
+        "id": user.public_id,
+        "username": user.username,
+        "display_name": user.display_name,
+        "bio": user.bio,
+        "created_at": user.created_at,
+        "updated_at": user.updated_at,
+        "version": user.version,
+    }
+    if with_email:
+        view["email"] = user.email
+    return view

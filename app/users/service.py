@@ -1,0 +1,178 @@
+"""Business rules for users: registration, profile changes, soft deletion, authorisation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.core.conditional import check_version
+from app.core.db import utcnow
+from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.core.pagination import CursorCodec, Page, PageParams
+from app.core.security import Principal, passwords
+from app.core.uow import UnitOfWork
+from app.posts.repository import PostRepository
+from app.users.models import User
+from app.users.repository import UserRepository
+
+PROFILE_FIELDS = ("email", "username", "display_name", "bio")
+USER_AGGREGATE = "user"
+
+
+class UserService:
+    def __init__(self, session: Session, *, codec: CursorCodec) -> None:
+        self.session = session
+        self.users = UserRepository(session)
+        self.posts = PostRepository(session)
+        self.codec = codec
+
+    # Reads -----------------------------------------------------------------------------------
+
+    def get(self, public_id: uuid.UUID) -> User:
+        user = self.users.get(public_id)
+        if user is None:
+            raise NotFound("No such user.")
+        return user
+
+    def get_principal_user(self, principal: Principal) -> User:
+        return self.get(principal.public_id)
+
+    def list(self, params: PageParams) -> Page[User]:
+        return self.users.page(params, self.codec)
+
+    @staticmethod
+    def email_visible(user: User, viewer: Principal | None) -> bool:
+        return viewer is not None and viewer.may_act_for(user.id)
+
+    # Writes ----------------------------------------------------------------------------------
+
+    def register(self, data: dict[str, Any], *, actor: Principal | None = None) -> User:
+        email = data["email"].lower()
+        self._ensure_free(email=email, username=data["username"])
+        user = User(
+            public_id=uuid.uuid4(),
+            email=email,
+            username=data["username"],
+            password_hash=passwords.hash(data["password"]),
+            display_name=data.get("display_name") or data["username"],
+            bio=data.get("bio", ""),
+            is_admin=bool(data.get("is_admin", False)),
+        )
+        with UnitOfWork(self.session, actor_id=actor.public_id if actor else None) as uow:
+            self.users.add(user)
+            self.session.flush()
+            uow.actor_id = uow.actor_id or user.public_id
+            uow.record(
+                "user.created",
+                aggregate_type=USER_AGGREGATE,
+                aggregate_id=user.public_id,
+                version=user.version,
+                values={f: getattr(user, f) for f in (*PROFILE_FIELDS, "is_admin")},
+                secret_fields=("password",),
+            )
+        return user
+
+    def update(
+        self,
+        public_id: uuid.UUID,
+        changes: dict[str, Any],
+        *,
+        actor: Principal,
+        if_match: Collection[int] | None = None,
+    ) -> User:
+        """Apply PUT (all profile fields) or PATCH (some) changes; a no-op writes nothing."""
+        user = self.get(public_id)
+        if not actor.may_act_for(user.id):
+            raise Forbidden("You may only change your own account.")
+        check_version(user.version, if_match)
+
+        changes = dict(changes)
+        new_password = changes.pop("password", None)
+        current_password = changes.pop("current_password", None)
+        if "email" in changes:
+            changes["email"] = changes["email"].lower()
+        values = {k: v for k, v in changes.items() if getattr(user, k) != v}
+        if new_password is not None:
+            self._check_password_change(user, actor, current_password)
+        elif current_password is not None:
+            raise ValidationFailed(
+                details=[{"field": "current_password", "message": "Only used with password."}]
+            )
+        if not values and new_password is None:
+            return user
+        self._ensure_free(
+            email=values.get("email"), username=values.get("username"), exclude_id=user.id
+        )
+        with UnitOfWork(self.session, actor_id=actor.public_id) as uow:
+            for key, value in values.items():
+                setattr(user, key, value)
+            if new_password is not None:
+                user.password_hash = passwords.hash(new_password)
+            user.updated_at = utcnow()
+            user.version += 1
+            uow.record(
+                "user.updated",
+                aggregate_type=USER_AGGREGATE,
+                aggregate_id=user.public_id,
+                version=user.version,
+                values=values,
+                secret_fields=("password",) if new_password is not None else (),
+            )
+        return user
+
+    def delete(
+        self, public_id: uuid.UUID, *, actor: Principal, if_match: Collection[int] | None = None
+    ) -> None:
+        """Soft-delete the user and every post of theirs, in one transaction."""
+        user = self.get(public_id)
+        if not actor.may_act_for(user.id):
+            raise Forbidden("You may only delete your own account.")
+        check_version(user.version, if_match)
+        now = utcnow()
+        with UnitOfWork(self.session, actor_id=actor.public_id) as uow:
+            user.deleted_at = now
+            user.updated_at = now
+            user.version += 1
+            uow.record(
+                "user.deleted",
+                aggregate_type=USER_AGGREGATE,
+                aggregate_id=user.public_id,
+                version=user.version,
+                values={"deleted_at": now},
+            )
+            for post_id, post_version in self.posts.soft_delete_by_author(user.id, now):
+                uow.record(
+                    "post.deleted",
+                    aggregate_type="post",
+                    aggregate_id=post_id,
+                    version=post_version,
+                    values={"deleted_at": now, "reason": "author_deleted"},
+                )
+
+    # Helpers ---------------------------------------------------------------------------------
+
+    def _ensure_free(
+        self, *, email: str | None, username: str | None, exclude_id: int | None = None
+    ) -> None:
+        taken = self.users.taken(email=email, username=username, exclude_id=exclude_id)
+        if taken:
+            raise Conflict(
+                f"That {' and '.join(taken)} {'is' if len(taken) == 1 else 'are'} already taken.",
+                details=[{"field": f, "message": f"That {f} is already taken."} for f in taken],
+            )
+
+    @staticmethod
+    def _check_password_change(
+        user: User, actor: Principal, current_password: str | None
+    ) -> None:
+        # An admin may reset anyone's password; users prove they know their current one.
+        if actor.is_admin and not actor.owns(user.id):
+            return
+        if current_password is None or not passwords.verify(user.password_hash, current_password):
+            raise ValidationFailed(
+                "The current password is required to set a new one.",
+                details=[{"field": "current_password", "message": "Missing or incorrect."}],
+            )

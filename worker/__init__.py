@@ -1,0 +1,76 @@
+"""The Celery app, built from the same config as the web app; tasks run inside an app context.
+
+Start a worker with `celery -A worker worker`, beat with `celery -A worker beat`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import before_task_publish, task_postrun, task_prerun
+from flask import Flask
+
+from app.core.context import request_id_var
+
+
+def make_celery(flask_app: Flask) -> Celery:
+    class AppContextTask(Task):
+        abstract = True
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            with flask_app.app_context():
+                return super().__call__(*args, **kwargs)
+
+    cfg = flask_app.config
+    celery = Celery(flask_app.import_name, task_cls=AppContextTask)
+    transport_options = {"visibility_timeout": 3600}
+    celery.conf.update(
+        broker_url=cfg["CELERY_BROKER_URL"],
+        result_backend=cfg["CELERY_RESULT_BACKEND"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
+        result_expires=3600,
+        task_time_limit=300,
+        task_soft_time_limit=240,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        worker_hijack_root_logger=False,
+        include=["worker.tasks.health"],
+    )
+    flask_app.extensions["celery"] = celery
+    return celery
+
+
+@before_task_publish.connect
+def _attach_request_id(headers: dict | None = None, **_: Any) -> None:
+    request_id = request_id_var.get()
+    if headers is not None and request_id:
+        headers["x_request_id"] = request_id
+
+
+@task_prerun.connect
+def _restore_request_id(task: Task | None = None, **_: Any) -> None:
+    request_id = task.request.get("x_request_id") if task is not None else None
+    request_id_var.set(request_id)
+
+
+@task_postrun.connect
+def _clear_request_id(**_: Any) -> None:
+    request_id_var.set(None)
+
+
+def _build() -> Celery:
+    from app import create_app
+
+    return make_celery(create_app())
+
+
+celery_app = _build()
+app = celery_app
