@@ -115,4 +115,6 @@ def enforce_production_secrets(cfg: dict[str, Any]) -> None:
         if not value or value == default or value.lower() in {"changeme", "secret", "change-me"}:
             raise ConfigError(f"{key} must be set to a real secret in production")
         if len(value) < MIN_SECRET_LENGTH:
-            raise ConfigError(f"{key} must be at least {MIN_SECRET_LENGTH} characters in production")
+            raise ConfigError(
+                f"{key} must be at least {MIN_SECRET_LENGTH} characters in production"
+            )

@@ -23,7 +23,7 @@ def make_celery(flask_app: Flask) -> Celery:
                 return super().__call__(*args, **kwargs)
 
     cfg = flask_app.config
-    celery = Celery(flask_app.import_name, task_cls=AppContextTask)
+    celery: Celery = Celery(flask_app.import_name, task_cls=AppContextTask)
     transport_options = {"visibility_timeout": 3600}
     celery.conf.update(
         broker_url=cfg["CELERY_BROKER_URL"],

@@ -23,11 +23,11 @@ from app.users.models import User
 from app.users.repository import UserRepository
 
 F = TypeVar("F", bound=Callable[..., Any])
-BEARER_AUTH = [{"bearerAuth": []}]
+BEARER_AUTH: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
 def blocklist() -> TokenBlocklist:
-    return TokenBlocklist(db.session, get_redis(current_app.config["REDIS_URL"]))
+    return TokenBlocklist(db.session(), get_redis(current_app.config["REDIS_URL"]))
 
 
 def authenticated(*, optional: bool = False, refresh: bool = False) -> Callable[[F], F]:
@@ -73,7 +73,7 @@ def register_jwt_callbacks(app: Flask) -> None:
             public_id = uuid.UUID(str(claims["sub"]))
         except (KeyError, ValueError):
             return None
-        return UserRepository(db.session).get(public_id)
+        return UserRepository(db.session()).get(public_id)
 
     @jwt.token_in_blocklist_loader
     def _is_revoked(_header: dict, claims: dict) -> bool:

@@ -20,7 +20,7 @@ blp = ApiBlueprint("auth", __name__, url_prefix="/api/auth", description="Authen
 
 def service() -> AuthService:
     return AuthService(
-        db.session,
+        db.session(),
         blocklist=blocklist(),
         access_ttl=int(current_app.config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()),
     )

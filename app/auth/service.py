@@ -23,7 +23,7 @@ class TokenPair:
     access_token: str
     refresh_token: str
     expires_in: int
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105 - the scheme name, not a secret
 
 
 def scopes_for(user: User) -> list[str]:
@@ -69,5 +69,3 @@ class AuthService:
 
     def _mirror(self, claims: dict[str, Any]) -> None:
         self.blocklist.mirror(claims["jti"], datetime.fromtimestamp(claims["exp"], UTC))
-
-

@@ -39,7 +39,7 @@ def create_user(email: str, username: str, password: str, admin: bool) -> None:
         raise click.ClickException(reason) from None
     from flask import current_app
 
-    service = UserService(db.session, codec=CursorCodec(current_app.config["SECRET_KEY"]))
+    service = UserService(db.session(), codec=CursorCodec(current_app.config["SECRET_KEY"]))
     try:
         user = service.register({**data, "is_admin": admin})
     except AppError as exc:

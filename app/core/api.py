@@ -38,7 +38,7 @@ class RestApi(Api):
 
     ERROR_SCHEMA = ErrorEnvelopeSchema
 
-    def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
+    def handle_http_exception(self, error: HTTPException) -> Response:
         return errors.handle_http_exception(error)
 
 

@@ -68,17 +68,19 @@ class SoftDeleteMixin:
 class PublicEntityMixin(SoftDeleteMixin):
     """Integer key inside, UUID outside, timestamps and an optimistic-concurrency version."""
 
-    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
+    )
     public_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid(), unique=True, default=uuid.uuid4)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     version: Mapped[int] = mapped_column(sa.Integer, default=1)
 
     @declared_attr.directive
-    def __mapper_args__(cls) -> dict[str, Any]:
+    def __mapper_args__(cls) -> dict[str, Any]:  # noqa: N805 - declared_attr takes the class
         # UPDATE ... WHERE version = <the version we read>: a concurrent write makes ours fail
         # (StaleDataError -> 409) instead of silently overwriting it. Services bump it themselves.
-        return {"version_id_col": cls.__table__.c.version, "version_id_generator": False}
+        return {"version_id_col": cls.__table__.c.version, "version_id_generator": False}  # type: ignore[attr-defined]
 
 
 @event.listens_for(Session, "do_orm_execute")

@@ -14,7 +14,9 @@ from app.core.pagination import CursorCodec, Page, PageParams
 def cursor_codec() -> CursorCodec:
     codec = current_app.extensions.get("cursor_codec")
     if codec is None:
-        codec = current_app.extensions["cursor_codec"] = CursorCodec(current_app.config["SECRET_KEY"])
+        codec = current_app.extensions["cursor_codec"] = CursorCodec(
+            current_app.config["SECRET_KEY"]
+        )
     return codec
 
 

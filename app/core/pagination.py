@@ -139,7 +139,9 @@ def paginate(
     total: int | None = None
     if params.cursor is not None:
         created_at, row_id = codec.decode(scope, params.cursor)
-        position = sa.tuple_(sa.literal(created_at, created_col.type), sa.literal(row_id, id_col.type))
+        position = sa.tuple_(
+            sa.literal(created_at, created_col.type), sa.literal(row_id, id_col.type)
+        )
         ordered = ordered.where(sa.tuple_(created_col, id_col) < position)
         rows = list(session.scalars(ordered.limit(per_page + 1)))
         page_no = None
@@ -147,7 +149,9 @@ def paginate(
         page_no = params.page or 1
         rows = list(session.scalars(ordered.limit(per_page + 1).offset((page_no - 1) * per_page)))
         base = count_stmt if count_stmt is not None else stmt
-        total = session.scalar(sa.select(sa.func.count()).select_from(base.order_by(None).subquery()))
+        total = session.scalar(
+            sa.select(sa.func.count()).select_from(base.order_by(None).subquery())
+        )
     items = rows[:per_page]
     next_cursor = None
     if len(rows) > per_page:

@@ -99,7 +99,9 @@ class UnitOfWork:
             ) from None
         except StaleDataError:
             self.session.rollback()
-            raise Conflict("The resource was changed by another request; read it and retry.") from None
+            raise Conflict(
+                "The resource was changed by another request; read it and retry."
+            ) from None
         except BaseException:
             self.session.rollback()
             raise

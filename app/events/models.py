@@ -28,6 +28,4 @@ class Event(Base):
     # {"fields": [names changed], "values": {name: new value}}; secrets appear by name only.
     data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
 
-    __table_args__ = (
-        sa.Index("ix_events_aggregate", "aggregate_type", "aggregate_id", "id"),
-    )
+    __table_args__ = (sa.Index("ix_events_aggregate", "aggregate_type", "aggregate_id", "id"),)

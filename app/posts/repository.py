@@ -17,7 +17,7 @@ class PostRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def _with_author(self) -> sa.Select[tuple[Post]]:
+    def _with_author(self) -> sa.Select[Post]:
         # One query for the post and its author's public id: no lazy load, no N+1.
         return (
             sa.select(Post)

@@ -31,7 +31,7 @@ OPTIONAL_AUTH = [*BEARER_AUTH, {}]
 
 
 def service() -> PostService:
-    return PostService(db.session, codec=cursor_codec())
+    return PostService(db.session(), codec=cursor_codec())
 
 
 def respond(post: Post, *, status: int = 200) -> Any:

@@ -52,7 +52,9 @@ class PostService:
 
     # Writes ----------------------------------------------------------------------------------
 
-    def create(self, author_public_id: uuid.UUID, data: dict[str, Any], *, actor: Principal) -> Post:
+    def create(
+        self, author_public_id: uuid.UUID, data: dict[str, Any], *, actor: Principal
+    ) -> Post:
         author = self.users.get(author_public_id)
         if author is None:
             raise NotFound("No such user.")

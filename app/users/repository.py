@@ -26,8 +26,13 @@ class UserRepository:
             sa.select(User).where(sa.func.lower(User.email) == email.lower())
         )
 
-    def taken(self, *, email: str | None = None, username: str | None = None,
-              exclude_id: int | None = None) -> list[str]:
+    def taken(
+        self,
+        *,
+        email: str | None = None,
+        username: str | None = None,
+        exclude_id: int | None = None,
+    ) -> list[str]:
         """Which of the given email/username a live user other than `exclude_id` already has."""
         clauses = []
         if email is not None:

@@ -30,7 +30,7 @@ WRITE_ERRORS = (400, 401, 403, 404, 409, 412, 413, 415)
 
 
 def service() -> UserService:
-    return UserService(db.session, codec=cursor_codec())
+    return UserService(db.session(), codec=cursor_codec())
 
 
 def respond(user: User) -> Any:

@@ -165,9 +165,7 @@ class UserService:
             )
 
     @staticmethod
-    def _check_password_change(
-        user: User, actor: Principal, current_password: str | None
-    ) -> None:
+    def _check_password_change(user: User, actor: Principal, current_password: str | None) -> None:
         # An admin may reset anyone's password; users prove they know their current one.
         if actor.is_admin and not actor.owns(user.id):
             return
