@@ -47,8 +47,9 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
         "APP_ENV": app_env,
         "TESTING": testing,
         "DEBUG": False,
-        "SECRET_KEY": env.str("SECRET_KEY", "" if production else DEV_SECRET),
-        "JWT_SECRET_KEY": env.str("JWT_SECRET_KEY", "" if production else DEV_JWT_SECRET),
+        # An empty value counts as unset: the development default, or refusal in production.
+        "SECRET_KEY": env.str("SECRET_KEY", "") or ("" if production else DEV_SECRET),
+        "JWT_SECRET_KEY": env.str("JWT_SECRET_KEY", "") or ("" if production else DEV_JWT_SECRET),
         "JWT_ALGORITHM": env.str("JWT_ALGORITHM", "HS256"),
         "JWT_ACCESS_TOKEN_EXPIRES": env.int("JWT_ACCESS_TOKEN_EXPIRES_SECONDS", 900),
         "JWT_REFRESH_TOKEN_EXPIRES": env.int("JWT_REFRESH_TOKEN_EXPIRES_SECONDS", 30 * 86400),
@@ -61,6 +62,7 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
         "CELERY_RESULT_BACKEND": env.str("CELERY_RESULT_BACKEND", "")
         or redis_url
         or f"db+sqlite:///{INSTANCE_DIR / 'celery-results.sqlite3'}",
+        "PURGE_REVOKED_TOKENS_SECONDS": env.int("PURGE_REVOKED_TOKENS_SECONDS", 3600),
         "PORT": env.int("PORT", 8000),
         "WEB_CONCURRENCY": env.int("WEB_CONCURRENCY", 2),
         "LOG_LEVEL": env.str("LOG_LEVEL", "INFO").upper(),
@@ -78,8 +80,6 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
         "ARGON2_MEMORY_COST_KIB": env.int("ARGON2_MEMORY_COST_KIB", 1024 if testing else 65536),
         "PAGINATION_DEFAULT_PER_PAGE": 20,
         "PAGINATION_MAX_PER_PAGE": 100,
-        # `meta.total` switches to the planner's estimate above this many rows (Postgres only).
-        "PAGINATION_EXACT_TOTAL_LIMIT": env.int("PAGINATION_EXACT_TOTAL_LIMIT", 100_000),
         "DISK_MIN_FREE_BYTES": env.int("DISK_MIN_FREE_BYTES", 100 * 1024 * 1024),
         # flask-smorest / OpenAPI
         "API_TITLE": "Postboard API",

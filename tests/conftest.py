@@ -35,12 +35,16 @@ needs_redis = pytest.mark.skipif(not REDIS_URL, reason="needs Redis: set REDIS_U
 
 
 def test_config(database_uri: str, **extra: Any) -> dict[str, Any]:
+    """Config overrides for an app on `database_uri` (not a test: pytest must not collect it)."""
     return {
         "APP_ENV": "testing",
         "SQLALCHEMY_DATABASE_URI": database_uri,
         "REDIS_URL": REDIS_URL,
         **extra,
     }
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")

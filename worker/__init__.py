@@ -24,7 +24,10 @@ def make_celery(flask_app: Flask) -> Celery:
 
     cfg = flask_app.config
     celery: Celery = Celery(flask_app.import_name, task_cls=AppContextTask)
-    transport_options = {"visibility_timeout": 3600}
+    # Redis re-delivers an unacked task after the visibility timeout: longer than any task runs.
+    redis_options = {"visibility_timeout": 3600}
+    is_redis = str(cfg["CELERY_BROKER_URL"]).startswith(("redis://", "rediss://"))
+    backend_is_redis = str(cfg["CELERY_RESULT_BACKEND"]).startswith(("redis://", "rediss://"))
     celery.conf.update(
         broker_url=cfg["CELERY_BROKER_URL"],
         result_backend=cfg["CELERY_RESULT_BACKEND"],
@@ -32,8 +35,8 @@ def make_celery(flask_app: Flask) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
-        broker_transport_options=transport_options,
-        result_backend_transport_options=transport_options,
+        broker_transport_options=redis_options if is_redis else {},
+        result_backend_transport_options=redis_options if backend_is_redis else {},
         result_expires=3600,
         task_time_limit=300,
         task_soft_time_limit=240,
@@ -42,7 +45,13 @@ def make_celery(flask_app: Flask) -> Celery:
         accept_content=["json"],
         timezone="UTC",
         worker_hijack_root_logger=False,
-        include=["worker.tasks.health"],
+        include=["worker.tasks.health", "worker.tasks.maintenance"],
+        beat_schedule={
+            "purge-revoked-tokens": {
+                "task": "auth.purge_revoked_tokens",
+                "schedule": float(cfg["PURGE_REVOKED_TOKENS_SECONDS"]),
+            },
+        },
     )
     flask_app.extensions["celery"] = celery
     return celery

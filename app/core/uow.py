@@ -51,6 +51,11 @@ class UnitOfWork:
     ) -> None:
         if exc_type is not None:
             self.session.rollback()
+            # A flush inside the block (e.g. to get an id) can hit the same unique indexes and
+            # version checks as the commit: the client gets the same 409, never a 500.
+            conflict = _conflict(exc)
+            if conflict is not None:
+                raise conflict from None
             return
         self.commit()
 
@@ -88,20 +93,12 @@ class UnitOfWork:
             if self._events:
                 self.session.execute(insert(Event), self._events)
             self.session.commit()
-        except IntegrityError as exc:
+        except (IntegrityError, StaleDataError) as exc:
             self.session.rollback()
-            field = _violated_field(exc)
-            if field is None:
+            conflict = _conflict(exc)
+            if conflict is None:
                 raise
-            raise Conflict(
-                f"That {field} is already taken.",
-                details=[{"field": field, "message": f"That {field} is already taken."}],
-            ) from None
-        except StaleDataError:
-            self.session.rollback()
-            raise Conflict(
-                "The resource was changed by another request; read it and retry."
-            ) from None
+            raise conflict from None
         except BaseException:
             self.session.rollback()
             raise
@@ -112,6 +109,19 @@ class UnitOfWork:
                 callback()
             except Exception:  # the write is committed; a failed follow-up must not undo the reply
                 log.exception("after_commit_failed")
+
+
+def _conflict(exc: BaseException | None) -> Conflict | None:
+    """The 409 for a unique-index or version clash; None for any other error."""
+    if isinstance(exc, StaleDataError):
+        return Conflict("The resource was changed by another request; read it and retry.")
+    field = _violated_field(exc) if isinstance(exc, IntegrityError) else None
+    if field is None:
+        return None
+    return Conflict(
+        f"That {field} is already taken.",
+        details=[{"field": field, "message": f"That {field} is already taken."}],
+    )
 
 
 def _violated_field(exc: IntegrityError) -> str | None:
