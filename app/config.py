@@ -63,6 +63,7 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
         or redis_url
         or f"db+sqlite:///{INSTANCE_DIR / 'celery-results.sqlite3'}",
         "PURGE_REVOKED_TOKENS_SECONDS": env.int("PURGE_REVOKED_TOKENS_SECONDS", 3600),
+        "BLOCKLIST_RESYNC_SECONDS": env.int("BLOCKLIST_RESYNC_SECONDS", 60),
         "PORT": env.int("PORT", 8000),
         "WEB_CONCURRENCY": env.int("WEB_CONCURRENCY", 2),
         "LOG_LEVEL": env.str("LOG_LEVEL", "INFO").upper(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,11 +82,17 @@ def reset_database(application: Flask) -> None:
             with db.engine.begin() as conn:
                 conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
         else:
-            db.engine.dispose()
+            # SQLite's backup API rewrites the live file through a proper connection, so other
+            # apps and processes with the file open see the fresh copy (a file copy under an open
+            # WAL database corrupts it).
             path = _sqlite_path(application.config["SQLALCHEMY_DATABASE_URI"])
-            for suffix in ("-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
-            shutil.copy(application.config["TEST_SQLITE_TEMPLATE"], path)
+            source = sqlite3.connect(application.config["TEST_SQLITE_TEMPLATE"])
+            target = sqlite3.connect(path, timeout=30)
+            try:
+                source.backup(target)
+            finally:
+                source.close()
+                target.close()
 
 
 def reset_redis() -> None:

@@ -10,7 +10,7 @@ from tests.conftest import login
 
 def _count(app, table: str) -> int:
     with app.app_context():
-        count = db.session.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()  # noqa: S608
+        count = db.session.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
         db.session.remove()
         return count
 

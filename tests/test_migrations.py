@@ -89,7 +89,6 @@ def test_events_are_append_only(app) -> None:
         for statement in ("UPDATE events SET event_type = 'changed'", "DELETE FROM events"):
             with pytest.raises(sa.exc.DatabaseError, match="append-only"):
                 db.session.execute(sa.text(statement))
-                db.session.flush()
             db.session.rollback()
         assert db.session.execute(sa.text("SELECT event_type FROM events")).scalar() == "x.test"
         db.session.remove()

@@ -142,7 +142,9 @@ def test_create_for_unknown_author_is_not_found(client, admin, author, row_count
 )
 def test_create_anonymously_is_unauthenticated(client, account, headers, row_counts):
     before = row_counts()
-    response = client.post(f"/api/users/{account.id}/posts", json={"title": "Anon"}, headers=headers)
+    response = client.post(
+        f"/api/users/{account.id}/posts", json={"title": "Anon"}, headers=headers
+    )
     assert_error(response, 401, "UNAUTHENTICATED")
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert row_counts() == before
@@ -231,7 +233,11 @@ def test_put_replaces_the_post(client, account):
     assert response.status_code == 200, response.json
     updated = response.json["data"]
     assert_post(updated)
-    assert (updated["title"], updated["body"], updated["status"]) == ("New", "New body", "published")
+    assert (updated["title"], updated["body"], updated["status"]) == (
+        "New",
+        "New body",
+        "published",
+    )
     assert updated["version"] == post["version"] + 1
     assert updated["created_at"] == post["created_at"]
     assert assert_utc(updated["updated_at"]) >= assert_utc(post["updated_at"])
@@ -351,9 +357,7 @@ def test_admin_may_update_and_delete_any_post(client, account, admin):
     "if_match", ['"v0"', '"v2"', 'W/"v1"', "garbage", '"1"'], ids=lambda v: f"If-Match {v}"
 )
 @pytest.mark.parametrize(("method", "body"), WRITES, ids=[m for m, _ in WRITES])
-def test_stale_if_match_is_precondition_failed(
-    client, account, method, body, if_match, row_counts
-):
+def test_stale_if_match_is_precondition_failed(client, account, method, body, if_match, row_counts):
     post = account.post_as("Versioned", status="published")
     assert post["version"] == 1
     before = row_counts()
@@ -609,4 +613,3 @@ def test_sql_injection_in_query_and_path_is_harmless(client, account, text, row_
     assert_error(client.get(f"/api/users/{text}/posts"), 404, "NOT_FOUND")
     assert row_counts() == before
     assert list_ids(client, "/api/posts") == [post["id"]]
-

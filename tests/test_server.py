@@ -41,7 +41,7 @@ class Http:
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(request, timeout=10) as response:
                 raw = response.read()
                 return response.status, dict(response.headers), json.loads(raw) if raw else None
         except urllib.error.HTTPError as exc:

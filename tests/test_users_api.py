@@ -1,4 +1,4 @@
-"""The users rows of the contract (§3), with §2's conventions: /api/users, /api/users/{id}, /api/me."""
+"""Contract §3, users rows (with §2's conventions): /api/users, /api/users/{id}, /api/me."""
 
 from __future__ import annotations
 
@@ -74,6 +74,8 @@ def assert_no_secrets(response: Any) -> None:
             for key, item in value.items():
                 assert "password" not in key.lower(), key
                 assert "hash" not in key.lower(), key
+                if key == "id" or key.endswith("_id"):
+                    assert str(uuid.UUID(item)) == item, (key, item)
                 walk(item)
         elif isinstance(value, list):
             for item in value:
@@ -102,9 +104,7 @@ def get_user(client: Any, user_id: str, headers: dict[str, str] | None = None) -
 
 
 def put_body(user: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    body = {"email": user["email"], **{k: user[k] for k in PROFILE[1:]}}
-    body.update(changes)
-    return body
+    return {**{k: user[k] for k in PROFILE}, **changes}
 
 
 # POST /api/users -------------------------------------------------------------------------------
@@ -228,12 +228,10 @@ def test_register_rejects_invalid_field(client, row_counts, changes, field):
     body = {**new_user_body(), **changes}
     before = row_counts()
 
-    response = client.post(
-        "/api/users", data=json.dumps(body), content_type="application/json"
-    )
+    response = client.post("/api/users", data=json.dumps(body), content_type="application/json")
 
     error = assert_error(response, 400, "VALIDATION_ERROR")
-    assert field in detail_fields(error)
+    assert detail_fields(error) == {field}
     assert row_counts() == before
 
 
@@ -282,6 +280,32 @@ def test_register_non_json_body_is_415(client, row_counts, kwargs):
     assert row_counts() == before
 
 
+def test_register_body_too_large_is_413(client, row_counts):
+    before = row_counts()
+    body = new_user_body(bio="b" * (1024 * 1024 + 1))
+    assert_error(client.post("/api/users", json=body), 413, "PAYLOAD_TOO_LARGE")
+    assert row_counts() == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/users/{id}"),
+        ("DELETE", "/api/users"),
+        ("PUT", "/api/users"),
+        ("PUT", "/api/me"),
+    ],
+)
+def test_wrong_method_is_405(client, account, row_counts, method, path):
+    before = row_counts()
+    response = client.open(
+        path.format(id=account.id), method=method, json={}, headers=account.headers
+    )
+    assert_error(response, 405, "METHOD_NOT_ALLOWED")
+    assert method not in response.headers["Allow"]
+    assert row_counts() == before
+
+
 def test_register_accepts_the_boundary_sizes(client):
     name = "u" + unique()[1:] + "_" * 21
     assert len(name) == 32
@@ -306,12 +330,16 @@ UNICODE_TEXT = [
     ("😀🎉 👩‍👩‍👧‍👦 🇯🇵", "Emoji everywhere 🚀🔥 and a family 👨‍👩‍👧"),
     ("山田太郎", "東京都に住んでいます。简体中文。한국어도 합니다."),
     ("שלום עולם", "مرحبا بالعالم — نص من اليمين إلى اليسار\u200f mixed with LTR."),
-    ("Zoë Ångström", "Ligne 1\nLigne 2\twith a tab — «quotes» ‘curly’"),
+    ("Zoë Ångström", "Ligne 1\nLigne 2\twith a tab — «quotes» \u2018curly\u2019"),
 ]
 
 
-@pytest.mark.parametrize(("display_name", "bio"), UNICODE_TEXT, ids=["emoji", "cjk", "rtl", "latin"])
+@pytest.mark.parametrize(
+    ("display_name", "bio"), UNICODE_TEXT, ids=["emoji", "cjk", "rtl", "latin"]
+)
 def test_register_stores_unicode_verbatim(client, app, display_name, bio):
+    assert unicodedata.is_normalized("NFC", display_name)
+    assert unicodedata.is_normalized("NFC", bio)
     user = register(client, display_name=display_name, bio=bio)
     assert (user["display_name"], user["bio"]) == (display_name, bio)
 
@@ -330,6 +358,20 @@ def test_register_normalises_unicode_to_nfc(client):
     assert user["bio"] == "Café ñ"
 
 
+def register_together(app: Any, bodies: list[dict[str, Any]]) -> list[tuple[int, Any]]:
+    """POST every body at once, each from its own thread and client; (status, JSON) of each."""
+    barrier = threading.Barrier(len(bodies))
+
+    def attempt(body: dict[str, Any]) -> tuple[int, Any]:
+        client = app.test_client()
+        barrier.wait(timeout=10)
+        response = client.post("/api/users", json=body)
+        return response.status_code, response.get_json()
+
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        return list(pool.map(attempt, bodies))
+
+
 @pytest.mark.parametrize("field", ["email", "username"])
 def test_concurrent_registrations_with_the_same_value(app, row_counts, field):
     """Both requests pass the "is it free?" check together; the database decides: one 201."""
@@ -338,17 +380,9 @@ def test_concurrent_registrations_with_the_same_value(app, row_counts, field):
         bodies = [new_user_body(), new_user_body()]
         for body in bodies:
             body[field] = f"{shared}@example.com" if field == "email" else shared
-        barrier = threading.Barrier(len(bodies))
-
-        def attempt(body: dict[str, Any]) -> tuple[int, Any]:
-            client = app.test_client()
-            barrier.wait(timeout=10)
-            response = client.post("/api/users", json=body)
-            return response.status_code, response.get_json()
 
         before = row_counts()["users"]
-        with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
-            results = list(pool.map(attempt, bodies))
+        results = register_together(app, bodies)
 
         statuses = sorted(status for status, _ in results)
         assert statuses == [201, 409], results
@@ -527,7 +561,8 @@ def test_patch_changes_only_the_given_fields(client, account):
     for key in ("email", "username", "display_name", "created_at"):
         assert data[key] == account.user[key]
     assert data["version"] == account.user["version"] + 1
-    assert data["updated_at"] > account.user["updated_at"]
+    updated = datetime.fromisoformat(data["updated_at"])
+    assert updated > datetime.fromisoformat(account.user["updated_at"])
 
 
 @pytest.mark.parametrize(
@@ -740,9 +775,7 @@ def test_delete_user_is_a_soft_delete_everywhere(client, account, make_account, 
 def test_deleted_users_email_and_username_are_free_again(client, account):
     assert client.delete(f"/api/users/{account.id}", headers=account.headers).status_code == 204
 
-    again = register(
-        client, email=account.email.upper(), username=account.user["username"].upper()
-    )
+    again = register(client, email=account.email.upper(), username=account.user["username"].upper())
     assert again["id"] != account.id
     assert again["email"].lower() == account.email.lower()
     assert_error(get_user(client, account.id), 404, "NOT_FOUND")
@@ -764,7 +797,5 @@ def test_deleted_users_token_is_refused(client, account):
         assert_error(response, 401, "UNAUTHENTICATED")
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
-    refused = client.post(
-        "/api/auth/refresh", headers=bearer(account.tokens["refresh_token"])
-    )
+    refused = client.post("/api/auth/refresh", headers=bearer(account.tokens["refresh_token"]))
     assert_error(refused, 401, "UNAUTHENTICATED")

@@ -51,6 +51,10 @@ def make_celery(flask_app: Flask) -> Celery:
                 "task": "auth.purge_revoked_tokens",
                 "schedule": float(cfg["PURGE_REVOKED_TOKENS_SECONDS"]),
             },
+            "resync-blocklist": {
+                "task": "auth.resync_blocklist",
+                "schedule": float(cfg["BLOCKLIST_RESYNC_SECONDS"]),
+            },
         },
     )
     flask_app.extensions["celery"] = celery

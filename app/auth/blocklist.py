@@ -25,10 +25,16 @@ class TokenBlocklist:
         self.session = session
         self.redis = redis_client
 
-    def revoke(self, jti: str, expires_at: datetime) -> None:
-        """Record the revocation (the caller's transaction commits it) and mirror it to Redis."""
-        if self.session.get(RevokedToken, jti) is None:
-            self.session.add(RevokedToken(jti=jti, expires_at=expires_at))
+    def revoke(self, jti: str, expires_at: datetime) -> bool:
+        """Record the revocation (the caller's transaction commits it); False if already revoked.
+
+        The primary key makes it happen once: of two requests revoking the same token at the
+        same time, the second one's commit fails with an IntegrityError.
+        """
+        if self.session.get(RevokedToken, jti) is not None:
+            return False
+        self.session.add(RevokedToken(jti=jti, expires_at=expires_at))
+        return True
 
     def mirror(self, jti: str, expires_at: datetime) -> None:
         """Copy a committed revocation to Redis, expiring with the token itself."""
@@ -50,6 +56,27 @@ class TokenBlocklist:
             self.session.scalar(sa.select(RevokedToken.jti).where(RevokedToken.jti == jti))
             is not None
         )
+
+    def resync(self) -> int:
+        """Copy every unexpired revocation from the database to Redis.
+
+        Run periodically by beat: it repairs Redis after it lost data (a restart without
+        persistence) or missed a mirror while it was unreachable, so within one interval a revoked
+        token is refused again even where Redis had forgotten it.
+        """
+        if self.redis is None:
+            return 0
+        now = datetime.now(UTC)
+        rows = self.session.execute(
+            sa.select(RevokedToken.jti, RevokedToken.expires_at).where(
+                RevokedToken.expires_at > now
+            )
+        ).all()
+        pipe = self.redis.pipeline(transaction=False)
+        for jti, expires_at in rows:
+            pipe.set(KEY_PREFIX + jti, b"1", ex=max(1, int((expires_at - now).total_seconds()) + 1))
+        pipe.execute()
+        return len(rows)
 
     def purge_expired(self) -> int:
         result = self.session.execute(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask_jwt_extended import create_access_token, create_refresh_token
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.blocklist import TokenBlocklist
@@ -16,6 +17,7 @@ from app.users.models import User
 from app.users.repository import UserRepository
 
 BAD_CREDENTIALS = "Invalid email or password."
+TOKEN_REVOKED = "The token has been revoked."  # noqa: S105 - a message, not a secret
 
 
 @dataclass(frozen=True)
@@ -48,14 +50,10 @@ class AuthService:
     def refresh(self, user: User, claims: dict[str, Any]) -> TokenPair:
         """Rotate: the presented refresh token is revoked and a new pair is issued."""
         self._revoke(claims)
-        self.session.commit()
-        self._mirror(claims)
         return self._issue(user)
 
     def logout(self, claims: dict[str, Any]) -> None:
         self._revoke(claims)
-        self.session.commit()
-        self._mirror(claims)
 
     def _issue(self, user: User) -> TokenPair:
         identity = str(user.public_id)
@@ -65,7 +63,17 @@ class AuthService:
         return TokenPair(access_token=access, refresh_token=refresh, expires_in=self.access_ttl)
 
     def _revoke(self, claims: dict[str, Any]) -> None:
-        self.blocklist.revoke(claims["jti"], datetime.fromtimestamp(claims["exp"], UTC))
+        """Spend the token exactly once: a concurrent request that revoked it first wins, so a
+        refresh token can never be rotated into two pairs (and no clash is ever a 500)."""
+        expires_at = datetime.fromtimestamp(claims["exp"], UTC)
+        try:
+            if not self.blocklist.revoke(claims["jti"], expires_at):
+                raise Unauthenticated(TOKEN_REVOKED)
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
+            raise Unauthenticated(TOKEN_REVOKED) from None
+        self._mirror(claims)
 
     def _mirror(self, claims: dict[str, Any]) -> None:
         self.blocklist.mirror(claims["jti"], datetime.fromtimestamp(claims["exp"], UTC))

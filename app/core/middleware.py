@@ -48,10 +48,20 @@ def _check_body() -> None:
     if request.method not in BODY_METHODS or not _has_body():
         return
     limit = request.max_content_length
-    if limit is not None and (request.content_length or 0) > limit:
+    if limit is not None and _body_exceeds(limit):
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
-    if not request.is_json:
+    # An unknown route or method is a 404/405 whatever the body: routing answers first.
+    if request.routing_exception is None and not request.is_json:
         raise UnsupportedMediaType()
+
+
+def _body_exceeds(limit: int) -> bool:
+    if request.content_length is not None:
+        return request.content_length > limit
+    # No Content-Length (chunked): werkzeug stops reading at the limit without complaint, so
+    # read the body now (cached for the parser) and look for a byte beyond it.
+    body = request.get_data(cache=True)
+    return len(body) >= limit and bool(request.environ["wsgi.input"].read(1))
 
 
 def _finish(response: Response) -> Response:

@@ -108,9 +108,12 @@ class CursorCodec:
             padded = token + "=" * (-len(token) % 4)
             raw = self._fernet.decrypt(padded.encode())
             got_scope, created_at, row_id = json.loads(raw)
-            if got_scope != scope or not isinstance(row_id, int):
-                raise ValueError("cursor belongs to another list")
-            return datetime.fromisoformat(created_at), row_id
+            if got_scope != scope or type(row_id) is not int or not 0 < row_id < 2**63:
+                raise ValueError("cursor of another list, or a malformed position")
+            position = datetime.fromisoformat(created_at)
+            if position.tzinfo is None:  # a naive time would fail in the UTC column: a 500
+                raise ValueError("cursor time has no offset")
+            return position, row_id
         except (InvalidToken, ValueError, TypeError, UnicodeError) as exc:
             raise ValidationFailed(
                 "The cursor is not valid for this list.",

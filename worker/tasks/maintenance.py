@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from celery import shared_task
+from flask import current_app
 
 from app.auth.blocklist import TokenBlocklist
+from app.core.redis_client import get_redis
 from app.extensions import db
 
 log = logging.getLogger(__name__)
@@ -23,3 +26,21 @@ def purge_revoked_tokens() -> int:
         db.session.remove()
     log.info("revoked_tokens_purged", extra={"removed": removed})
     return removed
+
+
+@shared_task(
+    name="auth.resync_blocklist",
+    autoretry_for=(redis.RedisError,),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=3,
+)
+def resync_blocklist() -> int:
+    """Re-mirror unexpired revocations to Redis (idempotent: each SET just refreshes a TTL)."""
+    session = db.session()
+    try:
+        copied = TokenBlocklist(session, get_redis(current_app.config["REDIS_URL"])).resync()
+    finally:
+        db.session.remove()
+    log.info("blocklist_resynced", extra={"tokens": copied})
+    return copied
