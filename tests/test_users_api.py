@@ -461,7 +461,9 @@ def test_get_user_etag_and_conditional_get(client, account):
     after = get_user(client, account.id, {"If-None-Match": etag})
     assert after.status_code == 200
     assert after.get_json()["data"]["bio"] == "new"
-    assert after.headers.get("ETag") == patched.headers.get("ETag")
+    # The PATCH answered the owner (with email): the owner's GET carries the same tag.
+    mine = get_user(client, account.id, account.headers)
+    assert mine.headers.get("ETag") == patched.headers.get("ETag")
 
 
 # GET /api/users --------------------------------------------------------------------------------
@@ -799,3 +801,27 @@ def test_deleted_users_token_is_refused(client, account):
 
     refused = client.post("/api/auth/refresh", headers=bearer(account.tokens["refresh_token"]))
     assert_error(refused, 401, "UNAUTHENTICATED")
+
+
+def test_etag_differs_between_the_public_and_the_private_representation(client, account):
+    public = get_user(client, account.id)
+    private = get_user(client, account.id, account.headers)
+    assert "email" not in public.get_json()["data"]
+    assert "email" in private.get_json()["data"]
+    assert public.headers["ETag"] != private.headers["ETag"]
+    # The public tag does not confirm the private representation: full 200 with the email.
+    again = get_user(
+        client, account.id, {**account.headers, "If-None-Match": public.headers["ETag"]}
+    )
+    assert again.status_code == 200
+    assert "email" in again.get_json()["data"]
+    # Either tag names the same version for If-Match.
+    for which in ("public", "private"):
+        headers = account.headers if which == "private" else {}
+        tag = get_user(client, account.id, headers).headers["ETag"]
+        ok = client.patch(
+            f"/api/users/{account.id}",
+            json={"bio": f"via {which}"},
+            headers={**account.headers, "If-Match": tag},
+        )
+        assert ok.status_code == 200, ok.get_json()

@@ -7,9 +7,13 @@ from collections.abc import Collection
 from app.core.errors import PreconditionFailed
 
 
-def etag_for(version: int) -> str:
-    """The strong ETag of a resource at `version` (quoted, as it goes in the header)."""
-    return f'"v{version}"'
+def etag_for(version: int, variant: str = "") -> str:
+    """The strong ETag of a resource at `version` (quoted, as it goes in the header).
+
+    `variant` tells apart representations of the same state (a user with or without the email),
+    so a 304 never confirms a representation the client does not hold.
+    """
+    return f'"v{version}-{variant}"' if variant else f'"v{version}"'
 
 
 def parse_if_match(header: str | None) -> set[int] | None:
@@ -22,8 +26,11 @@ def parse_if_match(header: str | None) -> set[int] | None:
     versions: set[int] = set()
     for part in header.split(","):
         tag = part.strip()
-        if tag.startswith('"v') and tag.endswith('"') and tag[2:-1].isdigit() and len(tag) < 24:
-            versions.add(int(tag[2:-1]))
+        if not (tag.startswith('"v') and tag.endswith('"') and len(tag) < 40):
+            continue
+        number = tag[2:-1].split("-", 1)[0]  # any variant names the same version
+        if number.isdigit() and len(number) < 19:
+            versions.add(int(number))
     return versions
 
 

@@ -25,10 +25,15 @@ def if_match() -> set[int] | None:
 
 
 def single(
-    view: dict[str, Any], version: int, *, status: int = 200, location: str | None = None
+    view: dict[str, Any],
+    version: int,
+    *,
+    status: int = 200,
+    location: str | None = None,
+    variant: str = "",
 ) -> Any:
     """`{"data": view}` with ETag and Cache-Control; a matching If-None-Match on GET is a 304."""
-    etag = etag_for(version)
+    etag = etag_for(version, variant)
     headers = {
         "ETag": etag,
         "Cache-Control": "private, no-cache",

@@ -27,6 +27,7 @@ from app.users.service import UserService
 blp = ApiBlueprint("users", __name__, url_prefix="/api", description="Users.")
 
 WRITE_ERRORS = (400, 401, 403, 404, 409, 412, 413, 415)
+PRIVATE = "private"  # ETag variant of the representation that includes the email
 
 
 def service() -> UserService:
@@ -34,8 +35,9 @@ def service() -> UserService:
 
 
 def respond(user: User) -> Any:
-    viewer = current_principal()
-    return single(user_view(user, with_email=UserService.email_visible(user, viewer)), user.version)
+    with_email = UserService.email_visible(user, current_principal())
+    view = user_view(user, with_email=with_email)
+    return single(view, user.version, variant=PRIVATE if with_email else "")
 
 
 @blp.route("/users")
@@ -60,7 +62,7 @@ class UserCollection(MethodView):
 def respond_created(user: User) -> Any:
     view = user_view(user, with_email=True)
     location = url_for("users.UserItem", user_id=user.public_id)
-    return single(view, user.version, status=201, location=location)
+    return single(view, user.version, status=201, location=location, variant=PRIVATE)
 
 
 @blp.route("/users/<uuid:user_id>")
