@@ -23,6 +23,8 @@ from flask.testing import FlaskClient
 from app import create_app
 from app.extensions import db
 
+pytest_plugins = ["tests.live"]  # the `server` fixture: a real gunicorn
+
 DATABASE_URL = os.environ.get("DATABASE_URL") or None
 REDIS_URL = os.environ.get("REDIS_URL") or None
 ON_POSTGRES = bool(DATABASE_URL and DATABASE_URL.startswith("postgresql"))
