@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export FLASK_APP := wsgi
 
-.PHONY: install run migrate test lint format clean
+.PHONY: install run migrate test lint fuzz format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy app worker
+
+## schemathesis, every phase and check, fixed seed, against a real gunicorn (tests/fuzz/run.py).
+fuzz: install
+	$(BIN)/python -m tests.fuzz.run $(FUZZ_ARGS)
 
 format: install
 	$(BIN)/ruff check --fix .

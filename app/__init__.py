@@ -96,7 +96,7 @@ def register_blueprints(app: Flask) -> None:
     api.register_blueprint(users_blp)
     api.register_blueprint(posts_blp)
     api.register_blueprint(auth_blp)
-    app.register_blueprint(ops_blp)
+    api.register_blueprint(ops_blp)
 
 
 def register_errorhandlers(app: Flask) -> None:

@@ -12,7 +12,7 @@ from flask_jwt_extended import get_current_user, get_jwt
 from app.auth.guard import BEARER_AUTH, authenticated, blocklist
 from app.auth.schemas import LoginSchema, TokenEnvelopeSchema
 from app.auth.service import AuthService
-from app.core.api import ApiBlueprint, errors_doc
+from app.core.api import ApiBlueprint, errors_doc, operation
 from app.extensions import db
 
 blp = ApiBlueprint("auth", __name__, url_prefix="/api/auth", description="Authentication.")
@@ -29,8 +29,9 @@ def service() -> AuthService:
 @blp.route("/login")
 class Login(MethodView):
     @blp.response(200, TokenEnvelopeSchema)
+    @operation(blp, "login", security=[])
     @errors_doc(blp, 400, 401, 413, 415)
-    @blp.arguments(LoginSchema)
+    @blp.arguments(LoginSchema, example={"email": "ada@example.com", "password": "correct horse"})
     def post(self, data: dict[str, Any]) -> Any:
         """Exchange email and password for an access and a refresh token."""
         return {"data": asdict(service().login(data["email"], data["password"]))}
@@ -39,8 +40,8 @@ class Login(MethodView):
 @blp.route("/refresh")
 class Refresh(MethodView):
     @blp.response(200, TokenEnvelopeSchema)
-    @blp.doc(security=BEARER_AUTH)
-    @errors_doc(blp, 401)
+    @operation(blp, "refreshToken", security=BEARER_AUTH)
+    @errors_doc(blp, 401, 413, 415)
     @authenticated(refresh=True)
     def post(self) -> Any:
         """Send the refresh token as Bearer: get a new pair; the old refresh token is revoked."""
@@ -50,8 +51,8 @@ class Refresh(MethodView):
 @blp.route("/logout")
 class Logout(MethodView):
     @blp.response(204)
-    @blp.doc(security=BEARER_AUTH)
-    @errors_doc(blp, 401)
+    @operation(blp, "logout", security=BEARER_AUTH)
+    @errors_doc(blp, 401, 413, 415)
     @authenticated()
     def post(self) -> Any:
         """Revoke the access token sent (every web process refuses it from then on)."""

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import marshmallow as ma
-from marshmallow import validate as v
 
-from app.core.schemas import StrictSchema, envelope_schema
+from app.core.schemas import StrictSchema, Text, envelope_schema
 
 
 class LoginSchema(StrictSchema):
-    email = ma.fields.String(
-        required=True, validate=v.Length(min=1, max=254), metadata={"example": "ada@example.com"}
+    email = Text(
+        required=True, min_length=1, max_length=254, metadata={"example": "ada@example.com"}
     )
-    password = ma.fields.String(
+    password = Text(
         required=True,
-        validate=v.Length(min=1, max=1024),
+        min_length=1,
+        max_length=1024,
+        strip=False,
         load_only=True,
         metadata={"example": "correct horse battery"},
     )

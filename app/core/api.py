@@ -75,3 +75,27 @@ def errors_doc(blp: Blueprint, *statuses: int) -> Any:
         return view
 
     return decorator
+
+
+def operation(
+    blp: Blueprint,
+    operation_id: str,
+    *,
+    security: list[dict[str, list[str]]] | None = None,
+    links: dict[int, dict[str, dict[str, Any]]] | None = None,
+) -> Any:
+    """Name an operation (generated clients use the name) and add its OpenAPI links.
+
+    `links` maps a status to `{link name: (operationId, {param: runtime expression})}` entries,
+    which schemathesis' stateful phase and client generators follow.
+    """
+    doc: dict[str, Any] = {"operationId": operation_id}
+    if security is not None:
+        doc["security"] = security
+    if links:
+        doc["responses"] = {status: {"links": dict(named)} for status, named in links.items()}
+    return blp.doc(**doc)
+
+
+def link(operation_id: str, **parameters: str) -> dict[str, Any]:
+    return {"operationId": operation_id, "parameters": parameters}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -26,6 +27,7 @@ DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
 MAX_PAGE = 1_000_000
 CURSOR_MAX_LENGTH = 512
+_CURSOR_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class PageArgsSchema(ma.Schema):
@@ -105,8 +107,15 @@ class CursorCodec:
 
     def decode(self, scope: str, token: str) -> tuple[datetime, int]:
         try:
-            padded = token + "=" * (-len(token) % 4)
-            raw = self._fernet.decrypt(padded.encode())
+            # Only the exact form encode() writes: base64 decoding is lenient (it skips stray
+            # characters, reads '+' as '-', ignores extra '=' and unused bits), so a changed
+            # cursor could otherwise still decode to the same position.
+            if not _CURSOR_RE.fullmatch(token):
+                raise ValueError("not a cursor")
+            binary = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            if base64.urlsafe_b64encode(binary).decode().rstrip("=") != token:
+                raise ValueError("not the canonical encoding of a cursor")
+            raw = self._fernet.decrypt(base64.urlsafe_b64encode(binary))
             got_scope, created_at, row_id = json.loads(raw)
             if got_scope != scope or type(row_id) is not int or not 0 < row_id < 2**63:
                 raise ValueError("cursor of another list, or a malformed position")

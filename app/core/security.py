@@ -30,7 +30,7 @@ class Passwords:
             return self._hasher.verify(password_hash or self._dummy_hash, password) and bool(
                 password_hash
             )
-        except (VerificationError, InvalidHashError):
+        except (VerificationError, InvalidHashError, UnicodeError):
             return False
 
     def needs_rehash(self, password_hash: str) -> bool:

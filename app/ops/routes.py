@@ -5,14 +5,36 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+import marshmallow as ma
 import sqlalchemy as sa
-from flask import Blueprint, current_app, jsonify
+from flask import current_app, jsonify
 from flask.typing import ResponseReturnValue
 
+from app.core.api import ApiBlueprint
 from app.core.redis_client import get_redis
 from app.extensions import db
 
-blp = Blueprint("ops", __name__)
+blp = ApiBlueprint("ops", __name__, description="Health and readiness probes.")
+
+
+class HealthChecksSchema(ma.Schema):
+    database = ma.fields.String(required=True, metadata={"example": "connected"})
+    cache = ma.fields.String(required=True, metadata={"example": "connected"})
+    disk = ma.fields.String(required=True, metadata={"example": "sufficient"})
+
+
+class HealthSchema(ma.Schema):
+    status = ma.fields.String(
+        required=True, validate=ma.validate.OneOf(["healthy", "degraded", "unhealthy"])
+    )
+    checks = ma.fields.Nested(HealthChecksSchema, required=True)
+
+
+class ReadySchema(ma.Schema):
+    status = ma.fields.String(
+        required=True, validate=ma.validate.OneOf(["ready", "draining", "unavailable"])
+    )
+    reason = ma.fields.String()
 
 
 def check_database() -> str:
@@ -51,8 +73,12 @@ def migrations_at_head() -> bool:
     return current == set(script.get_heads())
 
 
-@blp.get("/health")
+@blp.route("/health", methods=["GET"])
+@blp.doc(operationId="health", security=[])
+@blp.alt_response(200, schema=HealthSchema, description="Healthy, or degraded (cache down).")
+@blp.alt_response(503, schema=HealthSchema, description="Unhealthy: the database is down.")
 def health() -> ResponseReturnValue:
+    """Liveness with dependency checks: 503 only when the database is unreachable."""
     checks: dict[str, Any] = {
         "database": check_database(),
         "cache": check_cache(),
@@ -67,8 +93,12 @@ def health() -> ResponseReturnValue:
     return jsonify({"status": status, "checks": checks}), code
 
 
-@blp.get("/ready")
+@blp.route("/ready", methods=["GET"])
+@blp.doc(operationId="ready", security=[])
+@blp.alt_response(200, schema=ReadySchema, description="Ready to serve.")
+@blp.alt_response(503, schema=ReadySchema, description="Starting, draining or database down.")
 def ready() -> ResponseReturnValue:
+    """Readiness: the database is reachable and migrations are at head, and not draining."""
     if current_app.extensions.get("draining"):
         return jsonify({"status": "draining"}), 503
     if check_database() != "connected":

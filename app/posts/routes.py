@@ -9,7 +9,7 @@ from flask import url_for
 from flask.views import MethodView
 
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
-from app.core.api import ApiBlueprint, errors_doc
+from app.core.api import ApiBlueprint, errors_doc, link, operation
 from app.core.http import cursor_codec, if_match, listing, page_params, single
 from app.core.pagination import PageArgsSchema
 from app.extensions import db
@@ -27,6 +27,14 @@ from app.posts.service import PostService
 blp = ApiBlueprint("posts", __name__, url_prefix="/api", description="Posts.")
 
 WRITE_ERRORS = (400, 401, 403, 404, 412, 413, 415)
+POST_ID = "$response.body#/data/id"
+POST_LINKS = {
+    "GetPost": link("getPost", post_id=POST_ID),
+    "PatchPost": link("patchPost", post_id=POST_ID),
+    "ReplacePost": link("replacePost", post_id=POST_ID),
+    "DeletePost": link("deletePost", post_id=POST_ID),
+}
+POST_EXAMPLE = {"title": "Hello", "body": "First post.", "status": "published"}
 OPTIONAL_AUTH = [*BEARER_AUTH, {}]
 
 
@@ -42,6 +50,7 @@ def respond(post: Post, *, status: int = 200) -> Any:
 @blp.route("/posts")
 class PostCollection(MethodView):
     @blp.response(200, PostListEnvelopeSchema)
+    @operation(blp, "listPosts", security=[])
     @errors_doc(blp, 400)
     @blp.arguments(PageArgsSchema, location="query", as_kwargs=True)
     def get(self, **args: Any) -> Any:
@@ -53,7 +62,7 @@ class PostCollection(MethodView):
 @blp.route("/users/<uuid:user_id>/posts")
 class UserPosts(MethodView):
     @blp.response(200, PostListEnvelopeSchema)
-    @blp.doc(security=OPTIONAL_AUTH)
+    @operation(blp, "listUserPosts", security=OPTIONAL_AUTH)
     @errors_doc(blp, 400, 401, 404)
     @authenticated(optional=True)
     @blp.arguments(PageArgsSchema, location="query", as_kwargs=True)
@@ -63,10 +72,10 @@ class UserPosts(MethodView):
         return listing(page, [post_view(p) for p in page.items])
 
     @blp.response(201, PostEnvelopeSchema, headers={"Location": {"schema": {"type": "string"}}})
-    @blp.doc(security=BEARER_AUTH)
+    @operation(blp, "createPost", security=BEARER_AUTH, links={201: POST_LINKS})
     @errors_doc(blp, 400, 401, 403, 404, 413, 415)
     @authenticated()
-    @blp.arguments(PostCreateSchema)
+    @blp.arguments(PostCreateSchema, example=POST_EXAMPLE)
     def post(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
         """Create a post as this user."""
         return respond(service().create(user_id, data, actor=require_principal()), status=201)
@@ -75,7 +84,7 @@ class UserPosts(MethodView):
 @blp.route("/posts/<uuid:post_id>")
 class PostItem(MethodView):
     @blp.response(200, PostEnvelopeSchema)
-    @blp.doc(security=OPTIONAL_AUTH)
+    @operation(blp, "getPost", security=OPTIONAL_AUTH)
     @errors_doc(blp, 401, 404)
     @authenticated(optional=True)
     def get(self, post_id: uuid.UUID) -> Any:
@@ -83,28 +92,28 @@ class PostItem(MethodView):
         return respond(service().get(post_id, viewer=current_principal()))
 
     @blp.response(200, PostEnvelopeSchema)
-    @blp.doc(security=BEARER_AUTH)
+    @operation(blp, "replacePost", security=BEARER_AUTH, links={200: POST_LINKS})
     @errors_doc(blp, *WRITE_ERRORS)
     @authenticated()
-    @blp.arguments(PostPutSchema)
+    @blp.arguments(PostPutSchema, example=POST_EXAMPLE)
     def put(self, data: dict[str, Any], post_id: uuid.UUID) -> Any:
         """Replace a post (title, body and status required)."""
         post = service().update(post_id, data, actor=require_principal(), if_match=if_match())
         return respond(post)
 
     @blp.response(200, PostEnvelopeSchema)
-    @blp.doc(security=BEARER_AUTH)
+    @operation(blp, "patchPost", security=BEARER_AUTH, links={200: POST_LINKS})
     @errors_doc(blp, *WRITE_ERRORS)
     @authenticated()
-    @blp.arguments(PostPatchSchema)
+    @blp.arguments(PostPatchSchema, example={"status": "draft"})
     def patch(self, data: dict[str, Any], post_id: uuid.UUID) -> Any:
         """Change some of a post's fields."""
         post = service().update(post_id, data, actor=require_principal(), if_match=if_match())
         return respond(post)
 
     @blp.response(204)
-    @blp.doc(security=BEARER_AUTH)
-    @errors_doc(blp, 401, 403, 404, 412)
+    @operation(blp, "deletePost", security=BEARER_AUTH)
+    @errors_doc(blp, 401, 403, 404, 412, 413, 415)
     @authenticated()
     def delete(self, post_id: uuid.UUID) -> Any:
         """Soft-delete a post."""

@@ -12,14 +12,14 @@ from app.posts.models import BODY_MAX, STATUSES, TITLE_MAX, Post
 
 
 def _title(**kw: Any) -> Text:
-    return Text(validate=v.Length(min=1, max=TITLE_MAX), metadata={"example": "Hello"}, **kw)
+    return Text(min_length=1, max_length=TITLE_MAX, metadata={"example": "Hello"}, **kw)
 
 
 def _body(**kw: Any) -> Text:
     return Text(
         multiline=True,
         strip=False,
-        validate=v.Length(max=BODY_MAX),
+        max_length=BODY_MAX,
         metadata={"example": "First post."},
         **kw,
     )

@@ -9,7 +9,7 @@ from flask import url_for
 from flask.views import MethodView
 
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
-from app.core.api import ApiBlueprint, errors_doc
+from app.core.api import ApiBlueprint, errors_doc, link, operation
 from app.core.http import cursor_codec, if_match, listing, page_params, single
 from app.core.pagination import PageArgsSchema
 from app.extensions import db
@@ -27,6 +27,21 @@ from app.users.service import UserService
 blp = ApiBlueprint("users", __name__, url_prefix="/api", description="Users.")
 
 WRITE_ERRORS = (400, 401, 403, 404, 409, 412, 413, 415)
+USER_ID = "$response.body#/data/id"
+USER_LINKS = {
+    "GetUser": link("getUser", user_id=USER_ID),
+    "PatchUser": link("patchUser", user_id=USER_ID),
+    "ReplaceUser": link("replaceUser", user_id=USER_ID),
+    "DeleteUser": link("deleteUser", user_id=USER_ID),
+    "ListUserPosts": link("listUserPosts", user_id=USER_ID),
+    "CreatePost": link("createPost", user_id=USER_ID),
+}
+USER_EXAMPLE = {
+    "email": "ada@example.com",
+    "username": "ada_l",
+    "display_name": "Ada Lovelace",
+    "bio": "Analyst of engines.",
+}
 PRIVATE = "private"  # ETag variant of the representation that includes the email
 
 
@@ -43,6 +58,7 @@ def respond(user: User) -> Any:
 @blp.route("/users")
 class UserCollection(MethodView):
     @blp.response(200, UserListEnvelopeSchema)
+    @operation(blp, "listUsers", security=[])
     @errors_doc(blp, 400)
     @blp.arguments(PageArgsSchema, location="query", as_kwargs=True)
     def get(self, **args: Any) -> Any:
@@ -51,8 +67,9 @@ class UserCollection(MethodView):
         return listing(page, [user_view(u, with_email=False) for u in page.items])
 
     @blp.response(201, UserEnvelopeSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @operation(blp, "createUser", security=[], links={201: USER_LINKS})
     @errors_doc(blp, 400, 409, 413, 415)
-    @blp.arguments(UserCreateSchema)
+    @blp.arguments(UserCreateSchema, example={**USER_EXAMPLE, "password": "correct horse"})
     def post(self, data: dict[str, Any]) -> Any:
         """Register a user."""
         user = service().register(data)
@@ -68,7 +85,7 @@ def respond_created(user: User) -> Any:
 @blp.route("/users/<uuid:user_id>")
 class UserItem(MethodView):
     @blp.response(200, UserEnvelopeSchema)
-    @blp.doc(security=[*BEARER_AUTH, {}])
+    @operation(blp, "getUser", security=[*BEARER_AUTH, {}])
     @errors_doc(blp, 401, 404)
     @authenticated(optional=True)
     def get(self, user_id: uuid.UUID) -> Any:
@@ -76,28 +93,28 @@ class UserItem(MethodView):
         return respond(service().get(user_id))
 
     @blp.response(200, UserEnvelopeSchema)
-    @blp.doc(security=BEARER_AUTH)
+    @operation(blp, "replaceUser", security=BEARER_AUTH, links={200: USER_LINKS})
     @errors_doc(blp, *WRITE_ERRORS)
     @authenticated()
-    @blp.arguments(UserPutSchema)
+    @blp.arguments(UserPutSchema, example=USER_EXAMPLE)
     def put(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
         """Replace a user's profile (every mutable field required)."""
         user = service().update(user_id, data, actor=require_principal(), if_match=if_match())
         return respond(user)
 
     @blp.response(200, UserEnvelopeSchema)
-    @blp.doc(security=BEARER_AUTH)
+    @operation(blp, "patchUser", security=BEARER_AUTH, links={200: USER_LINKS})
     @errors_doc(blp, *WRITE_ERRORS)
     @authenticated()
-    @blp.arguments(UserPatchSchema)
+    @blp.arguments(UserPatchSchema, example={"display_name": "Countess of Lovelace"})
     def patch(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
         """Change some of a user's fields."""
         user = service().update(user_id, data, actor=require_principal(), if_match=if_match())
         return respond(user)
 
     @blp.response(204)
-    @blp.doc(security=BEARER_AUTH)
-    @errors_doc(blp, 401, 403, 404, 412)
+    @operation(blp, "deleteUser", security=BEARER_AUTH)
+    @errors_doc(blp, 401, 403, 404, 412, 413, 415)
     @authenticated()
     def delete(self, user_id: uuid.UUID) -> Any:
         """Soft-delete a user and their posts; their email and username become free."""
@@ -108,7 +125,7 @@ class UserItem(MethodView):
 @blp.route("/me")
 class Me(MethodView):
     @blp.response(200, UserEnvelopeSchema)
-    @blp.doc(security=BEARER_AUTH)
+    @operation(blp, "getMe", security=BEARER_AUTH, links={200: USER_LINKS})
     @errors_doc(blp, 401)
     @authenticated()
     def get(self) -> Any:

@@ -22,18 +22,20 @@ def _email(**kw: Any) -> ma.fields.Email:
 
 def _username(**kw: Any) -> Text:
     return Text(
-        validate=[
-            v.Length(min=3, max=USERNAME_MAX),
-            v.Regexp(USERNAME_RE, error="Use letters, digits, '_', '.' or '-'."),
-        ],
+        min_length=3,
+        max_length=USERNAME_MAX,
+        strip=False,  # the pattern already forbids white space: what is sent is what is stored
+        validate=v.Regexp(USERNAME_RE, error="Use letters, digits, '_', '.' or '-'."),
         metadata={"example": "ada_l"},
         **kw,
     )
 
 
-def _password(**kw: Any) -> ma.fields.String:
-    return ma.fields.String(
-        validate=v.Length(min=PASSWORD_MIN, max=PASSWORD_MAX),
+def _password(**kw: Any) -> Text:
+    return Text(
+        min_length=PASSWORD_MIN,
+        max_length=PASSWORD_MAX,
+        strip=False,
         load_only=True,
         metadata={"example": "correct horse battery"},
         **kw,
@@ -41,13 +43,11 @@ def _password(**kw: Any) -> ma.fields.String:
 
 
 def _display_name(**kw: Any) -> Text:
-    return Text(validate=v.Length(max=DISPLAY_NAME_MAX), metadata={"example": "Ada Lovelace"}, **kw)
+    return Text(max_length=DISPLAY_NAME_MAX, metadata={"example": "Ada Lovelace"}, **kw)
 
 
 def _bio(**kw: Any) -> Text:
-    return Text(
-        multiline=True, validate=v.Length(max=BIO_MAX), metadata={"example": "Analyst."}, **kw
-    )
+    return Text(multiline=True, max_length=BIO_MAX, metadata={"example": "Analyst."}, **kw)
 
 
 class UserCreateSchema(StrictSchema):
@@ -75,8 +75,8 @@ class UserPatchSchema(StrictSchema):
     display_name = _display_name()
     bio = _bio()
     password = _password()
-    current_password = ma.fields.String(
-        validate=v.Length(max=PASSWORD_MAX), load_only=True, metadata={"example": "old secret"}
+    current_password = Text(
+        max_length=PASSWORD_MAX, strip=False, load_only=True, metadata={"example": "old secret"}
     )
 
 

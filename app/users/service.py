@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.core.conditional import check_version
 from app.core.db import utcnow
-from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.pagination import CursorCodec, Page, PageParams
 from app.core.security import Principal, passwords
 from app.core.uow import UnitOfWork
@@ -95,12 +95,8 @@ class UserService:
         if "email" in changes:
             changes["email"] = changes["email"].lower()
         values = {k: v for k, v in changes.items() if getattr(user, k) != v}
-        if new_password is not None:
+        if new_password is not None:  # a lone current_password changes nothing: ignored
             self._check_password_change(user, actor, current_password)
-        elif current_password is not None:
-            raise ValidationFailed(
-                details=[{"field": "current_password", "message": "Only used with password."}]
-            )
         if not values and new_password is None:
             return user
         self._ensure_free(
@@ -169,8 +165,9 @@ class UserService:
         # An admin may reset anyone's password; users prove they know their current one.
         if actor.is_admin and not actor.owns(user.id):
             return
+        # 403, not 400: the body is well-formed; what is missing is proof of who is asking.
         if current_password is None or not passwords.verify(user.password_hash, current_password):
-            raise ValidationFailed(
+            raise Forbidden(
                 "The current password is required to set a new one.",
                 details=[{"field": "current_password", "message": "Missing or incorrect."}],
             )
