@@ -13,6 +13,9 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = 50
+# gunicorn answers an over-long request line itself, in HTML; the app enforces its own limit
+# (8 KiB, a JSON 414) instead. A fronting proxy should cap request lines as well.
+limit_request_line = 0
 # Our app logs every request as JSON; gunicorn's access log would repeat it in another format.
 accesslog = None
 errorlog = "-"

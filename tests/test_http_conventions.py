@@ -620,3 +620,10 @@ def test_docs_page_is_html(client):
 def test_exchange_covers_every_status(client, account, other):
     statuses = sorted({status for _, status, _ in exchange(client, account, other, {})})
     assert statuses == [200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 412, 413, 415]
+
+
+def test_overlong_uri_is_414_envelope(client):
+    response = client.get("/api/posts?" + "per_page=1&" * 1000)
+    error = assert_error(response, 414, "URI_TOO_LONG")
+    assert "8192" in error["message"]
+    assert response.headers["X-Request-ID"]

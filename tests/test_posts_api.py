@@ -354,7 +354,7 @@ def test_admin_may_update_and_delete_any_post(client, account, admin):
 
 
 @pytest.mark.parametrize(
-    "if_match", ['"v0"', '"v2"', 'W/"v1"', "garbage", '"1"'], ids=lambda v: f"If-Match {v}"
+    "if_match", ['"v0"', '"v2"', 'W/"v1"', '"garbage"', '"1"'], ids=lambda v: f"If-Match {v}"
 )
 @pytest.mark.parametrize(("method", "body"), WRITES, ids=[m for m, _ in WRITES])
 def test_stale_if_match_is_precondition_failed(client, account, method, body, if_match, row_counts):
@@ -369,6 +369,38 @@ def test_stale_if_match_is_precondition_failed(client, account, method, body, if
     assert_error(response, 412, "PRECONDITION_FAILED")
     assert row_counts() == before
     assert client.get(f"/api/posts/{post['id']}").json["data"] == post
+
+
+@pytest.mark.parametrize(
+    "header", ["garbage", '"v1', "v1", '"v1";"v2"', 'W/ "v1"', '"a"b"', '"' + "x" * 5000 + '"']
+)
+@pytest.mark.parametrize(("method", "body"), WRITES, ids=[m for m, _ in WRITES])
+def test_malformed_if_match_never_matches(client, account, method, body, header, row_counts):
+    post = account.post_as("Versioned", status="published")
+    before = row_counts()
+    response = getattr(client, method)(
+        f"/api/posts/{post['id']}", json=body, headers={**account.headers, "If-Match": header}
+    )
+    assert_error(response, 412, "PRECONDITION_FAILED")
+    assert row_counts() == before
+
+
+@pytest.mark.parametrize("header", ["garbage", "v1", '"v1', 'W/ "v1"', '"v1' + " " * 5000 + '"'])
+def test_malformed_if_none_match_never_matches(client, account, header):
+    post = account.post_as("Cached", status="published")
+    response = client.get(f"/api/posts/{post['id']}", headers={"If-None-Match": header})
+    assert response.status_code == 200
+    assert response.get_json()["data"]["id"] == post["id"]
+
+
+def test_weak_if_none_match_matches_and_lists_may_hold_commas(client, account):
+    post = account.post_as("Cached", status="published")
+    etag = client.get(f"/api/posts/{post['id']}").headers["ETag"]
+    for header in (f"W/{etag}", f'"a,b", {etag}', f'"other",\t{etag}'):
+        assert (
+            client.get(f"/api/posts/{post['id']}", headers={"If-None-Match": header}).status_code
+            == 304
+        )
 
 
 @pytest.mark.parametrize(

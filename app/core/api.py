@@ -77,21 +77,45 @@ def errors_doc(blp: Blueprint, *statuses: int) -> Any:
     return decorator
 
 
+IF_MATCH = {
+    "in": "header",
+    "name": "If-Match",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "Only write if the resource is still at this ETag (else 412).",
+}
+IF_NONE_MATCH = {
+    "in": "header",
+    "name": "If-None-Match",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "304 Not Modified when the resource still has this ETag.",
+}
+ETAG_HEADER = {"ETag": {"schema": {"type": "string"}, "description": "The resource version."}}
+
+
 def operation(
     blp: Blueprint,
     operation_id: str,
     *,
     security: list[dict[str, list[str]]] | None = None,
     links: dict[int, dict[str, dict[str, Any]]] | None = None,
+    conditional: str | None = None,
 ) -> Any:
     """Name an operation (generated clients use the name) and add its OpenAPI links.
 
     `links` maps a status to `{link name: (operationId, {param: runtime expression})}` entries,
-    which schemathesis' stateful phase and client generators follow.
+    which schemathesis' stateful phase and client generators follow. `conditional="read"`
+    documents If-None-Match (and 304), `"write"` documents If-Match.
     """
     doc: dict[str, Any] = {"operationId": operation_id}
     if security is not None:
         doc["security"] = security
+    if conditional == "read":
+        doc["parameters"] = [IF_NONE_MATCH]
+        doc["responses"] = {304: {"description": "Not Modified", "headers": ETAG_HEADER}}
+    elif conditional == "write":
+        doc["parameters"] = [IF_MATCH]
     if links:
         doc["responses"] = {status: {"links": dict(named)} for status, named in links.items()}
     return blp.doc(**doc)

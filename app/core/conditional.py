@@ -1,10 +1,22 @@
-"""Optimistic concurrency: ETags are resource versions; If-Match names the versions it accepts."""
+"""Optimistic concurrency: ETags are resource versions; If-Match names the versions it accepts.
+
+Both conditional headers are read with RFC 9110's grammar (`*`, or a list of `"tag"` / `W/"tag"`).
+A value that does not parse names no tag of ours, so it never matches: a write under a malformed
+If-Match is refused (412) and a GET under a malformed If-None-Match gets the full 200.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 
 from app.core.errors import PreconditionFailed
+
+_TAG = r'(?:W/)?"[!#-~\u0080-\u00ff]*"'
+_LIST = re.compile(rf"^(\*|{_TAG}([ \t]*,[ \t]*{_TAG})*)$")
+_MAX = 4096
+_EACH = re.compile(r'(W/)?"([^"]*)"')
+_OURS = re.compile(r"v([0-9]{1,18})(?:-[a-z]+)?")
 
 
 def etag_for(version: int, variant: str = "") -> str:
@@ -16,22 +28,40 @@ def etag_for(version: int, variant: str = "") -> str:
     return f'"v{version}-{variant}"' if variant else f'"v{version}"'
 
 
+def _tags(header: str) -> list[tuple[bool, str]] | None:
+    """[(weak, opaque tag)], or None for `*`; a malformed header names no tag at all."""
+    value = header.strip()
+    if len(value) > _MAX or not _LIST.match(value):
+        return []
+    if value == "*":
+        return None
+    return [(bool(weak), tag) for weak, tag in _EACH.findall(value)]
+
+
 def parse_if_match(header: str | None) -> set[int] | None:
     """Versions named by an If-Match header; None when absent or `*` (any current state).
 
-    Anything that is not one of our ETags names no version, so it can never match (412).
+    If-Match compares strongly: a weak tag, or a tag that is not one of ours, never matches.
     """
-    if header is None or header.strip() == "*":
+    if header is None:
+        return None
+    tags = _tags(header)
+    if tags is None:
         return None
     versions: set[int] = set()
-    for part in header.split(","):
-        tag = part.strip()
-        if not (tag.startswith('"v') and tag.endswith('"') and len(tag) < 40):
-            continue
-        number = tag[2:-1].split("-", 1)[0]  # any variant names the same version
-        if number.isdigit() and len(number) < 19:
-            versions.add(int(number))
+    for weak, tag in tags:
+        ours = _OURS.fullmatch(tag)
+        if ours and not weak:
+            versions.add(int(ours.group(1)))
     return versions
+
+
+def none_match(header: str | None, etag: str) -> bool:
+    """True when If-None-Match names `etag` (weak comparison) or is `*`: answer 304."""
+    if header is None:
+        return False
+    tags = _tags(header)
+    return tags is None or any(f'"{tag}"' == etag for _weak, tag in tags)
 
 
 def check_version(current: int, if_match: Collection[int] | None) -> None:

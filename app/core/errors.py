@@ -72,6 +72,10 @@ class PayloadTooLarge(AppError):
     status, code, default_message = 413, "PAYLOAD_TOO_LARGE", "The request body is too large."
 
 
+class UriTooLong(AppError):
+    status, code, default_message = 414, "URI_TOO_LONG", "The request URI is too long."
+
+
 class UnsupportedMediaType(AppError):
     status, code = 415, "UNSUPPORTED_MEDIA_TYPE"
     default_message = "The request body must be application/json."
@@ -99,6 +103,7 @@ HTTP_CODES: dict[int, tuple[str, str]] = {
     409: ("CONFLICT", "The request conflicts with existing data."),
     412: ("PRECONDITION_FAILED", "The resource has changed since you last read it."),
     413: ("PAYLOAD_TOO_LARGE", "The request body is too large."),
+    414: ("URI_TOO_LONG", "The request URI is too long."),
     415: ("UNSUPPORTED_MEDIA_TYPE", "The request body must be application/json."),
     422: ("UNPROCESSABLE", "The request cannot be processed."),
     428: ("PRECONDITION_FAILED", "This request must be conditional."),

@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 from flask import Response, current_app, request
 
-from app.core.conditional import etag_for, parse_if_match
+from app.core.conditional import etag_for, none_match, parse_if_match
 from app.core.pagination import CursorCodec, Page, PageParams
 
 
@@ -41,17 +41,9 @@ def single(
     }
     if location:
         headers["Location"] = location
-    if request.method in ("GET", "HEAD") and _none_match(etag):
+    if request.method in ("GET", "HEAD") and none_match(request.headers.get("If-None-Match"), etag):
         return Response(status=304, headers=headers)
     return {"data": view}, status, headers
-
-
-def _none_match(etag: str) -> bool:
-    header = request.headers.get("If-None-Match")
-    if not header:
-        return False
-    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
-    return "*" in tags or etag in tags
 
 
 def listing(page: Page[Any], views: list[dict[str, Any]]) -> Any:

@@ -16,15 +16,18 @@ import uuid
 from flask import Flask, Response, g, request
 
 from app.core.context import request_id_var
-from app.core.errors import PayloadTooLarge, UnsupportedMediaType
+from app.core.errors import PayloadTooLarge, UnsupportedMediaType, UriTooLong
 
 log = logging.getLogger("app.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# gunicorn's own request-line limit is off (its 414 would be HTML); this one answers in JSON.
+MAX_URI_BYTES = 8192
 
 
 def register_middleware(app: Flask) -> None:
     app.before_request(_start)
+    app.before_request(_check_uri)
     app.before_request(_check_body)
     app.after_request(_finish)
     app.teardown_request(_clear)
@@ -33,8 +36,15 @@ def register_middleware(app: Flask) -> None:
 def _start() -> None:
     g.started = time.perf_counter()
     incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    # fullmatch: `$` alone would let a trailing newline through, into the response header.
+    g.request_id = incoming if REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
     g.request_id_token = request_id_var.set(g.request_id)
+
+
+def _check_uri() -> None:
+    raw = request.environ.get("RAW_URI") or request.full_path
+    if len(raw.encode("latin-1", "replace")) > MAX_URI_BYTES:
+        raise UriTooLong(f"The request URI is longer than {MAX_URI_BYTES} bytes.")
 
 
 def _has_body() -> bool:

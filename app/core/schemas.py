@@ -12,6 +12,7 @@ import marshmallow as ma
 # break PostgreSQL text columns.
 _CTRL_MULTILINE = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
 _CTRL_ANY = r"\x00-\x1f\x7f-\x9f"
+CONTROL_OR_SURROGATE = re.compile(f"[{_CTRL_ANY}\ud800-\udfff]")
 
 
 class Text(ma.fields.String):
@@ -61,6 +62,10 @@ class Text(ma.fields.String):
         text = unicodedata.normalize("NFC", text)
         if self.strip:
             text = text.strip()
+        if len(text) > self.max_length:  # NFC can lengthen text: U+0958 becomes two characters
+            raise ma.ValidationError(
+                f"Length must be between {self.min_length} and {self.max_length}."
+            )
         if self.min_length > 0 and not text.strip():
             raise ma.ValidationError("Must not be blank.")
         return text

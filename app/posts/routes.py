@@ -84,7 +84,7 @@ class UserPosts(MethodView):
 @blp.route("/posts/<uuid:post_id>")
 class PostItem(MethodView):
     @blp.response(200, PostEnvelopeSchema)
-    @operation(blp, "getPost", security=OPTIONAL_AUTH)
+    @operation(blp, "getPost", security=OPTIONAL_AUTH, conditional="read")
     @errors_doc(blp, 401, 404)
     @authenticated(optional=True)
     def get(self, post_id: uuid.UUID) -> Any:
@@ -92,7 +92,9 @@ class PostItem(MethodView):
         return respond(service().get(post_id, viewer=current_principal()))
 
     @blp.response(200, PostEnvelopeSchema)
-    @operation(blp, "replacePost", security=BEARER_AUTH, links={200: POST_LINKS})
+    @operation(
+        blp, "replacePost", security=BEARER_AUTH, links={200: POST_LINKS}, conditional="write"
+    )
     @errors_doc(blp, *WRITE_ERRORS)
     @authenticated()
     @blp.arguments(PostPutSchema, example=POST_EXAMPLE)
@@ -102,7 +104,7 @@ class PostItem(MethodView):
         return respond(post)
 
     @blp.response(200, PostEnvelopeSchema)
-    @operation(blp, "patchPost", security=BEARER_AUTH, links={200: POST_LINKS})
+    @operation(blp, "patchPost", security=BEARER_AUTH, links={200: POST_LINKS}, conditional="write")
     @errors_doc(blp, *WRITE_ERRORS)
     @authenticated()
     @blp.arguments(PostPatchSchema, example={"status": "draft"})
@@ -112,7 +114,7 @@ class PostItem(MethodView):
         return respond(post)
 
     @blp.response(204)
-    @operation(blp, "deletePost", security=BEARER_AUTH)
+    @operation(blp, "deletePost", security=BEARER_AUTH, conditional="write")
     @errors_doc(blp, 401, 403, 404, 412, 413, 415)
     @authenticated()
     def delete(self, post_id: uuid.UUID) -> Any:

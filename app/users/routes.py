@@ -85,7 +85,7 @@ def respond_created(user: User) -> Any:
 @blp.route("/users/<uuid:user_id>")
 class UserItem(MethodView):
     @blp.response(200, UserEnvelopeSchema)
-    @operation(blp, "getUser", security=[*BEARER_AUTH, {}])
+    @operation(blp, "getUser", security=[*BEARER_AUTH, {}], conditional="read")
     @errors_doc(blp, 401, 404)
     @authenticated(optional=True)
     def get(self, user_id: uuid.UUID) -> Any:
@@ -93,7 +93,9 @@ class UserItem(MethodView):
         return respond(service().get(user_id))
 
     @blp.response(200, UserEnvelopeSchema)
-    @operation(blp, "replaceUser", security=BEARER_AUTH, links={200: USER_LINKS})
+    @operation(
+        blp, "replaceUser", security=BEARER_AUTH, links={200: USER_LINKS}, conditional="write"
+    )
     @errors_doc(blp, *WRITE_ERRORS)
     @authenticated()
     @blp.arguments(UserPutSchema, example=USER_EXAMPLE)
@@ -103,7 +105,7 @@ class UserItem(MethodView):
         return respond(user)
 
     @blp.response(200, UserEnvelopeSchema)
-    @operation(blp, "patchUser", security=BEARER_AUTH, links={200: USER_LINKS})
+    @operation(blp, "patchUser", security=BEARER_AUTH, links={200: USER_LINKS}, conditional="write")
     @errors_doc(blp, *WRITE_ERRORS)
     @authenticated()
     @blp.arguments(UserPatchSchema, example={"display_name": "Countess of Lovelace"})
@@ -113,7 +115,7 @@ class UserItem(MethodView):
         return respond(user)
 
     @blp.response(204)
-    @operation(blp, "deleteUser", security=BEARER_AUTH)
+    @operation(blp, "deleteUser", security=BEARER_AUTH, conditional="write")
     @errors_doc(blp, 401, 403, 404, 412, 413, 415)
     @authenticated()
     def delete(self, user_id: uuid.UUID) -> Any:
