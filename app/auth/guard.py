@@ -49,7 +49,10 @@ def current_principal() -> Principal | None:
     if not claims:
         return None
     user = cast(User, get_current_user())
-    token_scopes = set(claims.get("scope") or [])
+    raw_scopes = claims.get("scope")
+    token_scopes = (
+        {s for s in raw_scopes if isinstance(s, str)} if isinstance(raw_scopes, list) else set()
+    )
     if not user.is_admin:
         token_scopes.discard(ADMIN_SCOPE)
     return Principal(user_id=user.id, public_id=user.public_id, scopes=frozenset(token_scopes))

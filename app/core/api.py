@@ -50,7 +50,18 @@ class JsonParser(FlaskParser):
     def load_json(self, req: Request, schema: ma.Schema) -> Any:
         if not req.is_json:
             raise errors.UnsupportedMediaType()
-        return super().load_json(req, schema)
+        try:
+            return super().load_json(req, schema)
+        except (ValueError, RecursionError) as exc:  # deep nesting, numbers over 4300 digits
+            raise errors.ValidationFailed(
+                "The request body is not valid JSON.",
+                details=[
+                    {
+                        "field": "body",
+                        "message": "Invalid JSON: nested too deeply or a number too long.",
+                    }
+                ],
+            ) from exc
 
     def _handle_invalid_json_error(self, error: Any, req: Request, *a: Any, **k: Any) -> NoReturn:
         reason = str(error) if isinstance(error, json.JSONDecodeError) else "not UTF-8"
