@@ -27,6 +27,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     configure_logging_for(app)
     register_extensions(app)
+    register_http_security(app)
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
@@ -71,6 +72,12 @@ def register_extensions(app: Flask) -> None:
     jwt.init_app(app)
     register_jwt_callbacks(app)
     api.init_app(app)
+
+
+def register_http_security(app: Flask) -> None:
+    from app.core.http_security import init_http_security
+
+    init_http_security(app)
 
 
 def register_swagger_ui(app: Flask) -> None:
