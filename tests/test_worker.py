@@ -41,6 +41,7 @@ def worker_process(app, broker: dict[str, str], tmp_path: Path) -> Iterator[subp
         "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
         "REDIS_URL": REDIS_URL or "",
         "INSTANCE_PATH": str(tmp_path),
+        "PYTHONUNBUFFERED": "1",
     }
     log = (tmp_path / "worker.log").open("w")
     proc = subprocess.Popen(
@@ -62,6 +63,12 @@ def worker_process(app, broker: dict[str, str], tmp_path: Path) -> Iterator[subp
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    log_path = tmp_path / "worker.log"
+    deadline = time.monotonic() + 60
+    # Signals sent before the worker installs its handlers would kill it outright: wait for it.
+    while "ready." not in log_path.read_text() and time.monotonic() < deadline:
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        time.sleep(0.2)
     try:
         yield proc
     finally:
@@ -93,7 +100,6 @@ def test_worker_consumes_broker_and_keeps_request_id(app, broker, worker_process
 
 
 def test_worker_stops_cleanly_on_sigterm(worker_process) -> None:
-    time.sleep(3)  # let it start consuming
     assert worker_process.poll() is None
     worker_process.send_signal(signal.SIGTERM)
     assert worker_process.wait(timeout=30) == 0
