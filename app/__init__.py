@@ -29,6 +29,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_extensions(app)
     register_http_security(app)
     register_blueprints(app)
+    register_rate_limits(app)
     register_errorhandlers(app)
     register_commands(app)
     return app
@@ -62,6 +63,11 @@ def register_extensions(app: Flask) -> None:
         },
     )
     passwords.configure(app.config["ARGON2_TIME_COST"], app.config["ARGON2_MEMORY_COST_KIB"])
+    if app.config["TRUSTED_PROXY_COUNT"] > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     register_middleware(app)
     register_swagger_ui(app)
     db.init_app(app)
@@ -104,6 +110,12 @@ def register_blueprints(app: Flask) -> None:
     api.register_blueprint(posts_blp)
     api.register_blueprint(auth_blp)
     api.register_blueprint(ops_blp)
+
+
+def register_rate_limits(app: Flask) -> None:
+    from app.core.limiting import configure_limiter
+
+    configure_limiter(app)
 
 
 def register_errorhandlers(app: Flask) -> None:

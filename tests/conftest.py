@@ -103,7 +103,11 @@ def reset_redis() -> None:
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter("postboard:*", count=1000))
+    keys = [
+        key
+        for pattern in ("postboard:*", "LIMITS:postboard*")  # ours, and the rate limiter's
+        for key in client.scan_iter(pattern, count=1000)
+    ]
     if keys:
         client.delete(*keys)
     client.close()

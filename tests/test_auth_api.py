@@ -399,10 +399,11 @@ def test_refresh_rotates_the_pair(client, account):
     assert me.status_code == 200
     assert me.get_json()["data"]["id"] == account.id
 
-    # Rotation: the old refresh token is spent, the new one works (once).
-    assert_unauthenticated(client.post("/api/auth/refresh", headers=bearer(old_refresh)))
+    # Rotation: the new refresh token works (once), the old one is spent. (Presenting a spent
+    # one also revokes the whole family: tests/test_auth_hardening.py.)
     newer = client.post("/api/auth/refresh", headers=bearer(data["refresh_token"]))
     assert newer.status_code == 200
+    assert_unauthenticated(client.post("/api/auth/refresh", headers=bearer(old_refresh)))
     assert_unauthenticated(client.post("/api/auth/refresh", headers=bearer(data["refresh_token"])))
 
 
@@ -517,7 +518,10 @@ def test_promoted_user_gets_admin_scope_at_next_login(app, client, account, make
 
 
 def test_concurrent_refreshes_spend_the_token_once(app, client, make_account):
-    """Rotation holds under a race: one refresh token never becomes two pairs, never a 500."""
+    """Rotation holds under a race: one refresh token never becomes two pairs, never a 500.
+
+    Two uses of one refresh token are a reuse: the loser's 401 revokes the token family, so the
+    winner's new pair is refused as well (reuse detection, tests/test_auth_hardening.py)."""
     for _ in range(5):
         account = make_account()
         results = spend_together(app, "/api/auth/refresh", account.tokens["refresh_token"])
@@ -526,7 +530,9 @@ def test_concurrent_refreshes_spend_the_token_once(app, client, make_account):
         assert loser["error"]["code"] == "UNAUTHENTICATED"
         winner = next(body for status, body in results if status == 200)
         me = client.get("/api/me", headers=bearer(winner["data"]["access_token"]))
-        assert me.status_code == 200
+        assert_unauthenticated(me)
+        again = client.post("/api/auth/refresh", headers=bearer(winner["data"]["refresh_token"]))
+        assert_unauthenticated(again)
 
 
 def test_concurrent_logouts_with_one_token(app, client, make_account):

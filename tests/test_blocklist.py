@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from app.auth.blocklist import KEY_PREFIX
+from app.auth.blocklist import FAMILY_PREFIX, KEY_PREFIX
 from tests.conftest import REDIS_URL, needs_redis
 
 
@@ -17,17 +17,22 @@ def test_resync_restores_revocations_redis_lost(app, client, account) -> None:
     assert client.post("/api/auth/logout", headers=account.headers).status_code == 204
     r = _redis()
     keys = list(r.scan_iter(KEY_PREFIX + "*"))
-    assert len(keys) == 1
+    assert len(keys) == 2  # the access token and its login's token family
     r.delete(*keys)  # Redis restarted without persistence, or missed the mirror
     assert client.get("/api/me", headers=account.headers).status_code == 200
 
     from worker.tasks.maintenance import resync_blocklist
 
     with app.app_context():
-        assert resync_blocklist.run() == 1  # the body, in this test app's context
+        assert resync_blocklist.run() == 2  # the body, in this test app's context
     assert client.get("/api/me", headers=account.headers).status_code == 401
-    ttl = r.ttl(keys[0])
-    assert 0 < ttl <= app.config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds() + 1
+    for key in keys:
+        lifetime = (
+            "JWT_REFRESH_TOKEN_EXPIRES"
+            if key.decode().startswith(KEY_PREFIX + FAMILY_PREFIX)
+            else "JWT_ACCESS_TOKEN_EXPIRES"
+        )
+        assert 0 < r.ttl(key) <= app.config[lifetime].total_seconds() + 1
 
 
 def test_revocation_survives_without_redis(app, client, account) -> None:

@@ -1,8 +1,13 @@
-"""Revoked JWTs, shared by every web process.
+"""Revoked JWTs and revoked token families, shared by every web process.
 
 The database row is the durable record (written in the logout's transaction); Redis, when
 configured, answers the per-request check fast. If Redis is unreachable the check falls back to
 the database, so a revoked token stays revoked and no request fails because of the cache.
+
+A token family is every access and refresh token descended from one login (the `fam` claim,
+carried through every rotation). A revoked family is a row keyed `fam:<id>` in the same table
+(and `<prefix>fam:<id>` in Redis), kept until the last token it could cover has expired; the
+check refuses a token whose jti *or* family is revoked, in one Redis round trip or one query.
 """
 
 from __future__ import annotations
@@ -18,6 +23,12 @@ from app.auth.models import RevokedToken
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "postboard:blocklist:"
+FAMILY_PREFIX = "fam:"  # a jti is a uuid, so it never starts with this
+
+
+def family_key(family: str) -> str:
+    """The blocklist key (row id) of a revoked family."""
+    return FAMILY_PREFIX + family
 
 
 class TokenBlocklist:
@@ -36,6 +47,12 @@ class TokenBlocklist:
         self.session.add(RevokedToken(jti=jti, expires_at=expires_at))
         return True
 
+    def revoke_family(self, family: str, expires_at: datetime) -> bool:
+        """Record a family's revocation (the caller commits); False if it was already revoked.
+
+        `expires_at` must be no earlier than the expiry of every token of the family."""
+        return self.revoke(family_key(family), expires_at)
+
     def mirror(self, jti: str, expires_at: datetime) -> None:
         """Copy a committed revocation to Redis, expiring with the token itself."""
         if self.redis is None:
@@ -46,14 +63,22 @@ class TokenBlocklist:
         except redis.RedisError:
             log.warning("blocklist_redis_unavailable", extra={"op": "mirror"})
 
-    def is_revoked(self, jti: str) -> bool:
+    def mirror_family(self, family: str, expires_at: datetime) -> None:
+        self.mirror(family_key(family), expires_at)
+
+    def is_revoked(self, jti: str, family: str | None = None) -> bool:
+        """Is the token `jti`, or its `family`, revoked? One Redis EXISTS over both keys, or (no
+        Redis, or Redis unreachable) one query."""
+        keys = [jti] if family is None else [jti, family_key(family)]
         if self.redis is not None:
             try:
-                return bool(self.redis.exists(KEY_PREFIX + jti))
+                return int(self.redis.exists(*(KEY_PREFIX + key for key in keys))) > 0
             except redis.RedisError:
                 log.warning("blocklist_redis_unavailable", extra={"op": "check"})
         return (
-            self.session.scalar(sa.select(RevokedToken.jti).where(RevokedToken.jti == jti))
+            self.session.scalar(
+                sa.select(RevokedToken.jti).where(RevokedToken.jti.in_(keys)).limit(1)
+            )
             is not None
         )
 

@@ -15,6 +15,9 @@ from flask import Flask, Response, current_app
 from flask_jwt_extended import get_current_user, get_jwt, verify_jwt_in_request
 
 from app.auth.blocklist import TokenBlocklist
+from app.auth.service import AuthService, family_of
+from app.auth.throttle import account_throttle
+from app.core.audit import security_event
 from app.core.errors import error_response
 from app.core.redis_client import get_redis
 from app.core.security import ADMIN_SCOPE, Principal
@@ -28,6 +31,18 @@ BEARER_AUTH: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 def blocklist() -> TokenBlocklist:
     return TokenBlocklist(db.session(), get_redis(current_app.config["REDIS_URL"]))
+
+
+def auth_service() -> AuthService:
+    config = current_app.config
+    return AuthService(
+        db.session(),
+        blocklist=blocklist(),
+        throttle=account_throttle(),
+        access_ttl=int(config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()),
+        refresh_ttl=int(config["JWT_REFRESH_TOKEN_EXPIRES"].total_seconds()),
+        email_secret=config["SECRET_KEY"],
+    )
 
 
 def authenticated(*, optional: bool = False, refresh: bool = False) -> Callable[[F], F]:
@@ -80,7 +95,8 @@ def register_jwt_callbacks(app: Flask) -> None:
 
     @jwt.token_in_blocklist_loader
     def _is_revoked(_header: dict, claims: dict) -> bool:
-        return blocklist().is_revoked(str(claims.get("jti", "")))
+        """Refused if the token itself or its family is revoked (one Redis call or one query)."""
+        return blocklist().is_revoked(str(claims.get("jti", "")), family_of(claims))
 
     @jwt.unauthorized_loader
     def _missing(reason: str) -> Response:
@@ -95,7 +111,17 @@ def register_jwt_callbacks(app: Flask) -> None:
         return _unauthorized("The token has expired.")
 
     @jwt.revoked_token_loader
-    def _revoked(_header: dict, _claims: dict) -> Response:
+    def _revoked(_header: dict, claims: dict) -> Response:
+        kind = str(claims.get("type", ""))
+        security_event(
+            "revoked_token_used",
+            user_id=str(claims.get("sub", "")),
+            token_type=kind,
+            jti=str(claims.get("jti", "")),
+        )
+        if kind == "refresh":
+            # A spent refresh token presented again: revoke everything of that login.
+            auth_service().refresh_token_reused(claims)
         return _unauthorized("The token has been revoked.")
 
     @jwt.user_lookup_error_loader

@@ -5,33 +5,30 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from flask import current_app
 from flask.views import MethodView
 from flask_jwt_extended import get_current_user, get_jwt
 
-from app.auth.guard import BEARER_AUTH, authenticated, blocklist
+from app.auth.guard import BEARER_AUTH, auth_service, authenticated
 from app.auth.schemas import LoginSchema, TokenEnvelopeSchema
 from app.auth.service import AuthService
 from app.core.api import ApiBlueprint, errors_doc, operation
-from app.extensions import db
+
+# An OpenAPI example, not a credential.
+LOGIN_EXAMPLE = {"email": "ada@example.com", "password": "correct horse"}  # nosec B105
 
 blp = ApiBlueprint("auth", __name__, url_prefix="/api/auth", description="Authentication.")
 
 
 def service() -> AuthService:
-    return AuthService(
-        db.session(),
-        blocklist=blocklist(),
-        access_ttl=int(current_app.config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()),
-    )
+    return auth_service()
 
 
 @blp.route("/login")
 class Login(MethodView):
     @blp.response(200, TokenEnvelopeSchema)
     @operation(blp, "login", security=[])
-    @errors_doc(blp, 400, 401, 413, 415)
-    @blp.arguments(LoginSchema, example={"email": "ada@example.com", "password": "correct horse"})
+    @errors_doc(blp, 400, 401, 413, 415, 429)
+    @blp.arguments(LoginSchema, example=LOGIN_EXAMPLE)
     def post(self, data: dict[str, Any]) -> Any:
         """Exchange email and password for an access and a refresh token."""
         return {"data": asdict(service().login(data["email"], data["password"]))}
@@ -55,6 +52,6 @@ class Logout(MethodView):
     @errors_doc(blp, 401, 413, 415)
     @authenticated()
     def post(self) -> Any:
-        """Revoke the access token sent (every web process refuses it from then on)."""
+        """Revoke the access token sent and every token of its login (its refresh token too)."""
         service().logout(get_jwt())
         return ""

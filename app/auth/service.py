@@ -1,9 +1,18 @@
-"""Login, token refresh with rotation, and logout."""
+"""Login (with the per-account lock), token refresh with rotation, logout, token families.
+
+Every login starts a token *family* (the `fam` claim, a random uuid hex) that its access and
+refresh tokens carry, and every pair rotated from them too. Refresh spends the refresh token it is
+called with; presenting a refresh token that was already spent (a replay: it was stolen, or the
+client is confused) revokes the whole family, so whoever holds its newer tokens is logged out too.
+Logout revokes the access token it is called with and its family.
+"""
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask_jwt_extended import create_access_token, create_refresh_token
@@ -11,13 +20,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.blocklist import TokenBlocklist
+from app.auth.throttle import AccountThrottle, email_fingerprint
+from app.core.audit import security_event
 from app.core.errors import Unauthenticated
 from app.core.security import ADMIN_SCOPE, passwords
 from app.users.models import User
 from app.users.repository import UserRepository
 
 BAD_CREDENTIALS = "Invalid email or password."
-TOKEN_REVOKED = "The token has been revoked."  # noqa: S105 - a message, not a secret
+TOKEN_REVOKED = "The token has been revoked."  # noqa: S105  # nosec B105 # a message
+FAMILY_CLAIM = "fam"
+_FAMILY_RE = re.compile(r"[0-9a-f]{32}")
+EMAIL_HASH_CHARS = 16  # of the keyed hash, in log lines: enough to correlate, not to reverse
 
 
 @dataclass(frozen=True)
@@ -32,48 +46,148 @@ def scopes_for(user: User) -> list[str]:
     return [ADMIN_SCOPE] if user.is_admin else []
 
 
+def new_family() -> str:
+    return uuid.uuid4().hex
+
+
+def family_of(claims: dict[str, Any]) -> str | None:
+    """The token's family id, or None for a token issued without one (before families existed,
+    or minted by hand): such a token is checked by its jti alone."""
+    value = claims.get(FAMILY_CLAIM)
+    return value if isinstance(value, str) and _FAMILY_RE.fullmatch(value) else None
+
+
 class AuthService:
-    def __init__(self, session: Session, *, blocklist: TokenBlocklist, access_ttl: int) -> None:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        blocklist: TokenBlocklist,
+        throttle: AccountThrottle,
+        access_ttl: int,
+        refresh_ttl: int,
+        email_secret: str,
+    ) -> None:
         self.session = session
         self.users = UserRepository(session)
         self.blocklist = blocklist
+        self.throttle = throttle
         self.access_ttl = access_ttl
+        self.refresh_ttl = refresh_ttl
+        self.email_secret = email_secret
+
+    # Login -------------------------------------------------------------------------------------
 
     def login(self, email: str, password: str) -> TokenPair:
+        """One answer for every failure (unknown email, wrong password, locked account), each
+        after exactly one password hash's work, so neither the answer nor its timing tells them
+        apart."""
+        account = email_fingerprint(email, self.email_secret)
         user = self.users.get_by_email(email)
+        who: dict[str, str] = {"email_hash": account[:EMAIL_HASH_CHARS]}
+        if user is not None:
+            who["user_id"] = str(user.public_id)
+        if self.throttle.is_locked(account):
+            # Refused without checking the password, but after the same work as checking it.
+            passwords.verify(None, password)
+            security_event("login_failed", reason="account_throttled", **who)
+            raise Unauthenticated(BAD_CREDENTIALS)
         # Verify against a dummy hash for unknown emails: same work, same answer, no enumeration.
         valid = passwords.verify(user.password_hash if user else None, password)
         if user is None or not valid:
+            security_event("login_failed", reason="bad_credentials", **who)
+            if self.throttle.record_failure(account):
+                security_event(
+                    "account_locked",
+                    failures=self.throttle.max_failures,
+                    window_seconds=self.throttle.window_seconds,
+                    **who,
+                )
             raise Unauthenticated(BAD_CREDENTIALS)
-        return self._issue(user)
+        self.throttle.reset(account)  # a successful login starts the count afresh
+        return self._issue(user, new_family())
+
+    # Refresh, reuse, logout --------------------------------------------------------------------
 
     def refresh(self, user: User, claims: dict[str, Any]) -> TokenPair:
-        """Rotate: the presented refresh token is revoked and a new pair is issued."""
-        self._revoke(claims)
-        return self._issue(user)
+        """Rotate: the presented refresh token is revoked and a new pair of its family issued."""
+        self._spend(claims)
+        return self._issue(user, family_of(claims) or new_family())
+
+    def refresh_token_reused(self, claims: dict[str, Any]) -> bool:
+        """A revoked refresh token was presented: revoke its whole family. True if this call
+        revoked it (False when it was revoked already, or the token has no family)."""
+        family = family_of(claims)
+        if family is None:
+            return False
+        expires_at = self._family_expiry(claims)
+        try:
+            if not self.blocklist.revoke_family(family, expires_at):
+                return False
+            self.session.commit()
+        except IntegrityError:  # a concurrent request revoked it first
+            self.session.rollback()
+            return False
+        self.blocklist.mirror_family(family, expires_at)
+        security_event("refresh_token_reused", user_id=str(claims.get("sub", "")), family=family)
+        return True
 
     def logout(self, claims: dict[str, Any]) -> None:
-        self._revoke(claims)
+        """Revoke the access token and its family (the login's refresh token dies with it)."""
+        family = family_of(claims)
+        expires_at = datetime.fromtimestamp(claims["exp"], UTC)
+        family_expires_at = self._family_expiry(claims)
+        for attempt in range(2):
+            try:
+                if not self.blocklist.revoke(claims["jti"], expires_at):
+                    raise Unauthenticated(TOKEN_REVOKED)
+                if family is not None:
+                    self.blocklist.revoke_family(family, family_expires_at)
+                self.session.commit()
+                break
+            except IntegrityError:
+                # A concurrent logout revoked this token (then the retry answers 401) or another
+                # token of the same family (then the retry revokes just this one).
+                self.session.rollback()
+                if attempt:
+                    raise Unauthenticated(TOKEN_REVOKED) from None
+        self.blocklist.mirror(claims["jti"], expires_at)
+        if family is not None:
+            self.blocklist.mirror_family(family, family_expires_at)
 
-    def _issue(self, user: User) -> TokenPair:
+    # Internals ---------------------------------------------------------------------------------
+
+    def _issue(self, user: User, family: str) -> TokenPair:
         identity = str(user.public_id)
-        claims = {"scope": scopes_for(user)}
+        claims = {"scope": scopes_for(user), FAMILY_CLAIM: family}
         access = create_access_token(identity=identity, additional_claims=claims)
         refresh = create_refresh_token(identity=identity, additional_claims=claims)
         return TokenPair(access_token=access, refresh_token=refresh, expires_in=self.access_ttl)
 
-    def _revoke(self, claims: dict[str, Any]) -> None:
-        """Spend the token exactly once: a concurrent request that revoked it first wins, so a
-        refresh token can never be rotated into two pairs (and no clash is ever a 500)."""
+    def _family_expiry(self, claims: dict[str, Any]) -> datetime:
+        """No token of the family outlives this: each was issued by now, with at most the
+        refresh lifetime (or it is the token in hand, whose own expiry counts too)."""
+        latest = datetime.now(UTC) + timedelta(seconds=self.refresh_ttl)
+        return max(latest, datetime.fromtimestamp(claims["exp"], UTC))
+
+    def _spend(self, claims: dict[str, Any]) -> None:
+        """Spend the refresh token exactly once: a concurrent request that revoked it first wins,
+        so a refresh token can never be rotated into two pairs (and no clash is ever a 500).
+
+        The loser of such a race is a reuse like any other: two parties presented one refresh
+        token, and the server cannot tell a client's double submit from a thief racing it, so
+        the family is revoked (the winner's new pair included) and both must log in again. A
+        replay after the token was spent is caught earlier, by the blocklist check, to the same
+        effect."""
         expires_at = datetime.fromtimestamp(claims["exp"], UTC)
         try:
-            if not self.blocklist.revoke(claims["jti"], expires_at):
-                raise Unauthenticated(TOKEN_REVOKED)
-            self.session.commit()
+            spent = self.blocklist.revoke(claims["jti"], expires_at)
+            if spent:
+                self.session.commit()
         except IntegrityError:
             self.session.rollback()
-            raise Unauthenticated(TOKEN_REVOKED) from None
-        self._mirror(claims)
-
-    def _mirror(self, claims: dict[str, Any]) -> None:
-        self.blocklist.mirror(claims["jti"], datetime.fromtimestamp(claims["exp"], UTC))
+            spent = False
+        if not spent:
+            self.refresh_token_reused(claims)
+            raise Unauthenticated(TOKEN_REVOKED)
+        self.blocklist.mirror(claims["jti"], expires_at)

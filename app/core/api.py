@@ -77,11 +77,11 @@ class ApiBlueprint(Blueprint):
 
 
 def errors_doc(blp: Blueprint, *statuses: int) -> Any:
-    """Document error responses (each a $ref to the shared error-envelope response)."""
+    """Document error responses (each a $ref to the shared error-envelope response); 429 always."""
     from http import HTTPStatus
 
     def decorator(view: Any) -> Any:
-        for status in statuses:
+        for status in sorted({*statuses, 429}):  # every API route is rate limited
             view = blp.alt_response(status, response=HTTPStatus(status).name)(view)
         return view
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from http import HTTPStatus
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, has_request_context, jsonify, request
+from flask_jwt_extended import get_jwt
 from werkzeug.exceptions import HTTPException
+
+from app.core.audit import security_event
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +163,20 @@ def flatten_messages(messages: Any, prefix: str = "") -> Details:
 def handle_app_error(error: AppError) -> Response:
     if error.status >= 500:
         log.error("app_error", extra={"code": error.code})
+    if isinstance(error, Forbidden):
+        _forbidden_event(error)
     return error_response(error.status, error.code, error.message, error.details, error.headers)
+
+
+def _forbidden_event(error: Forbidden) -> None:
+    """A `forbidden` security event: who tried what (ids and route only, never a credential)."""
+    fields: dict[str, Any] = {"reason": error.message}
+    if has_request_context():
+        fields.update(method=request.method, path=request.path)
+        with suppress(RuntimeError):  # RuntimeError: no token was verified for this request
+            if sub := get_jwt().get("sub"):
+                fields["user_id"] = str(sub)
+    security_event("forbidden", **fields)
 
 
 def handle_http_exception(error: HTTPException) -> Response:

@@ -77,6 +77,9 @@ def _body_exceeds(limit: int) -> bool:
 def _finish(response: Response) -> Response:
     request_id = getattr(g, "request_id", None) or uuid.uuid4().hex
     response.headers["X-Request-ID"] = request_id
+    if response.status_code not in (429, 503):
+        # flask-limiter adds Retry-After to every limited response; it only means something here.
+        response.headers.pop("Retry-After", None)
     started = getattr(g, "started", None)
     duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
     log.info(

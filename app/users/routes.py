@@ -36,12 +36,14 @@ USER_LINKS = {
     "ListUserPosts": link("listUserPosts", user_id=USER_ID),
     "CreatePost": link("createPost", user_id=USER_ID),
 }
+# OpenAPI examples, not credentials.
 USER_EXAMPLE = {
     "email": "ada@example.com",
     "username": "ada_l",
     "display_name": "Ada Lovelace",
     "bio": "Analyst of engines.",
 }
+USER_CREATE_EXAMPLE = {**USER_EXAMPLE, "password": "correct horse"}
 PRIVATE = "private"  # ETag variant of the representation that includes the email
 
 
@@ -68,8 +70,8 @@ class UserCollection(MethodView):
 
     @blp.response(201, UserEnvelopeSchema, headers={"Location": {"schema": {"type": "string"}}})
     @operation(blp, "createUser", security=[], links={201: USER_LINKS})
-    @errors_doc(blp, 400, 409, 413, 415)
-    @blp.arguments(UserCreateSchema, example={**USER_EXAMPLE, "password": "correct horse"})
+    @errors_doc(blp, 400, 409, 413, 415, 429)
+    @blp.arguments(UserCreateSchema, example=USER_CREATE_EXAMPLE)
     def post(self, data: dict[str, Any]) -> Any:
         """Register a user."""
         user = service().register(data)
