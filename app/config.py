@@ -86,6 +86,12 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
         "TRUSTED_PROXY_COUNT": env.int("TRUSTED_PROXY_COUNT", 0),
         "CACHE_ENABLED": env.bool("CACHE_ENABLED", True),
         "CACHE_TTL_SECONDS": env.int("CACHE_TTL_SECONDS", 300),
+        # Circuit breaker around the cache: open after this many failures, retry after this long.
+        "CACHE_BREAKER_FAIL_MAX": env.int("CACHE_BREAKER_FAIL_MAX", 3),
+        "CACHE_BREAKER_RESET_SECONDS": env.float("CACHE_BREAKER_RESET_SECONDS", 10.0),
+        # Beat warms the most recent N users and posts this often (0 = never).
+        "CACHE_WARM_LIMIT": env.int("CACHE_WARM_LIMIT", 1000),
+        "CACHE_WARM_INTERVAL_SECONDS": env.int("CACHE_WARM_INTERVAL_SECONDS", 600),
         # Argon2 cost: the library's defaults in production; cheaper in tests only.
         "ARGON2_TIME_COST": env.int("ARGON2_TIME_COST", 1 if testing else 3),
         "ARGON2_MEMORY_COST_KIB": env.int("ARGON2_MEMORY_COST_KIB", 1024 if testing else 65536),

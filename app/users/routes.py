@@ -43,7 +43,7 @@ USER_EXAMPLE = {
     "display_name": "Ada Lovelace",
     "bio": "Analyst of engines.",
 }
-USER_CREATE_EXAMPLE = {**USER_EXAMPLE, "password": "correct horse"}
+USER_CREATE_EXAMPLE = {**USER_EXAMPLE, "password": "correct horse"}  # nosec B105
 PRIVATE = "private"  # ETag variant of the representation that includes the email
 
 

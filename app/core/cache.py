@@ -1,0 +1,267 @@
+"""Cache-aside and write-through for single resources, with versioned, race-safe entries.
+
+Entries live under `postboard:cache:<SCHEMA>:<kind>:<public id>` as JSON `{"v": version, ...}`.
+Every write goes through a compare-on-version: an entry is only replaced by one whose version is
+at least as new, and a write *invalidates* by leaving a tombstone `{"v": new version}` that no
+older value can overwrite. So a reader that loaded a row before a write can never put the old
+state back, and a slow write-through can never overwrite a newer one.
+
+Backends: Redis in production (a Lua script does the compare-and-set atomically); on the
+embedded default a diskcache directory under instance/ (SQLite-backed, shared by every process
+on the host). Redis calls go through a circuit breaker (pybreaker, state in process memory, as a
+breaker that protects Redis must not keep its state in that Redis): after a few failures the
+cache is skipped for a cool-down, reads go straight to the database and nothing fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import pybreaker
+import redis
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "v1"  # bump when a cached shape changes: a deploy never reads an old shape
+PREFIX = "postboard:cache"
+STATS_KEY = "postboard:cache-stats"
+
+# KEYS[1] = entry, ARGV[1] = new JSON, ARGV[2] = its version, ARGV[3] = TTL seconds.
+# Refuses (returns 0) when the stored entry (value or tombstone) is newer.
+_PUT_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and decoded['v'] and tonumber(decoded['v']) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3]))
+return 1
+"""
+
+
+def cache_key(kind: str, public_id: object) -> str:
+    return f"{PREFIX}:{SCHEMA}:{kind}:{public_id}"
+
+
+class Backend(Protocol):
+    def get(self, key: str) -> bytes | None: ...
+    def put_if_newer(self, items: list[tuple[str, bytes, int]], ttl: int) -> None: ...
+    def count_keys(self) -> int: ...
+    def clear(self) -> int: ...
+    def add_stats(self, hits: int, misses: int) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+
+
+class RedisBackend:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._put = client.register_script(_PUT_IF_NEWER)
+
+    def get(self, key: str) -> bytes | None:
+        return self.client.get(key)  # type: ignore[return-value]
+
+    def put_if_newer(self, items: list[tuple[str, bytes, int]], ttl: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, payload, version in items:
+            self._put(keys=[key], args=[payload, version, ttl], client=pipe)
+        pipe.execute()
+
+    def count_keys(self) -> int:
+        return sum(1 for _ in self.client.scan_iter(f"{PREFIX}:*", count=1000))
+
+    def clear(self) -> int:
+        removed = 0
+        batch: list[Any] = []
+        for key in self.client.scan_iter(f"{PREFIX}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += int(self.client.delete(*batch))
+                batch = []
+        if batch:
+            removed += int(self.client.delete(*batch))
+        self.client.delete(STATS_KEY)
+        return removed
+
+    def add_stats(self, hits: int, misses: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(STATS_KEY, "hits", hits)
+        pipe.hincrby(STATS_KEY, "misses", misses)
+        pipe.execute()
+
+    def stats(self) -> dict[str, int]:
+        raw = self.client.hgetall(STATS_KEY)
+        return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]
+
+
+class DiskBackend:
+    """diskcache (SQLite underneath): a cache every process on this host shares."""
+
+    def __init__(self, directory: Path) -> None:
+        import diskcache
+
+        self.cache = diskcache.Cache(
+            str(directory), timeout=1, eviction_policy="least-recently-used"
+        )
+
+    def get(self, key: str) -> bytes | None:
+        value = self.cache.get(key)
+        return value if isinstance(value, bytes) else None
+
+    def put_if_newer(self, items: list[tuple[str, bytes, int]], ttl: int) -> None:
+        with self.cache.transact():  # one writer at a time: the compare-and-set is atomic
+            for key, payload, version in items:
+                current = self.cache.get(key)
+                if isinstance(current, bytes) and json.loads(current).get("v", 0) > version:
+                    continue
+                self.cache.set(key, payload, expire=ttl)
+
+    def count_keys(self) -> int:
+        return sum(1 for key in self.cache.iterkeys() if str(key).startswith(PREFIX))
+
+    def clear(self) -> int:
+        removed = 0
+        for key in list(self.cache.iterkeys()):
+            if str(key).startswith(PREFIX) and self.cache.delete(key):
+                removed += 1
+        self.cache.delete(STATS_KEY)
+        return removed
+
+    def add_stats(self, hits: int, misses: int) -> None:
+        with self.cache.transact():
+            current = self.cache.get(STATS_KEY) or {"hits": 0, "misses": 0}
+            self.cache.set(
+                STATS_KEY, {"hits": current["hits"] + hits, "misses": current["misses"] + misses}
+            )
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.cache.get(STATS_KEY) or {})
+
+
+class Cache:
+    """The cache as services see it. Every method is safe to call when the cache is off, down
+    or tripped: reads then miss and writes are skipped."""
+
+    def __init__(
+        self,
+        backend: Backend | None,
+        *,
+        ttl: int,
+        breaker: pybreaker.CircuitBreaker | None = None,
+        flush_every: float = 2.0,
+    ) -> None:
+        self.backend = backend
+        self.ttl = ttl
+        self.breaker = breaker or pybreaker.CircuitBreaker(fail_max=3, reset_timeout=10)
+        self._hits = 0
+        self._misses = 0
+        self._flushed = time.monotonic()
+        self._flush_every = flush_every
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend is not None
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            with self.breaker.calling():
+                return fn(*args)
+        except pybreaker.CircuitBreakerError:
+            return None
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            log.warning("cache_unavailable", extra={"error": type(exc).__name__})
+            return None
+
+    def read(self, kind: str, public_id: object) -> dict[str, Any] | None:
+        """The cached entry, or None on a miss, a tombstone, or a cache that is off or down."""
+        if self.backend is None:
+            return None
+        raw = self._call(self.backend.get, cache_key(kind, public_id))
+        entry = json.loads(raw) if raw else None
+        if entry is None or "d" not in entry:
+            self._count(miss=True)
+            return None
+        self._count(miss=False)
+        return entry
+
+    def fill(self, kind: str, public_id: object, version: int, data: dict[str, Any]) -> None:
+        """Store the state at `version`, unless the cache already holds something newer."""
+        self.fill_many(kind, [(public_id, version, data)])
+
+    def fill_many(self, kind: str, entries: Iterable[tuple[object, int, dict[str, Any]]]) -> None:
+        if self.backend is None:
+            return
+        items = [
+            (cache_key(kind, pid), json.dumps({"v": version, "d": data}).encode(), version)
+            for pid, version, data in entries
+        ]
+        if items:
+            self._call(self.backend.put_if_newer, items, self.ttl)
+
+    def invalidate(self, kind: str, entries: Iterable[tuple[object, int]]) -> None:
+        """Tombstone each `(public id, new version)`: older states can no longer be cached."""
+        if self.backend is None:
+            return
+        items = [
+            (cache_key(kind, pid), json.dumps({"v": version}).encode(), version)
+            for pid, version in entries
+        ]
+        if items:
+            self._call(self.backend.put_if_newer, items, self.ttl)
+
+    def _count(self, *, miss: bool) -> None:
+        with self._lock:
+            if miss:
+                self._misses += 1
+            else:
+                self._hits += 1
+            due = time.monotonic() - self._flushed >= self._flush_every
+        if due:
+            self.flush_stats()
+
+    def flush_stats(self) -> None:
+        """Add this process' hit/miss counts to the shared totals (batched: not per request)."""
+        with self._lock:
+            hits, misses, self._hits, self._misses = self._hits, self._misses, 0, 0
+            self._flushed = time.monotonic()
+        if self.backend is not None and (hits or misses):
+            self._call(self.backend.add_stats, hits, misses)
+
+    def stats(self) -> dict[str, int]:
+        self.flush_stats()
+        if self.backend is None:
+            return {"hits": 0, "misses": 0, "keys": 0}
+        totals = self._call(self.backend.stats) or {}
+        keys = self._call(self.backend.count_keys) or 0
+        return {"hits": totals.get("hits", 0), "misses": totals.get("misses", 0), "keys": keys}
+
+    def clear(self) -> int:
+        if self.backend is None:
+            return 0
+        return int(self._call(self.backend.clear) or 0)
+
+
+def build_cache(config: dict[str, Any], instance_path: str) -> Cache:
+    """The cache for an app: Redis when REDIS_URL is set, else a shared disk cache; or off."""
+    from app.core.redis_client import get_redis
+
+    ttl = int(config["CACHE_TTL_SECONDS"])
+    breaker = pybreaker.CircuitBreaker(
+        fail_max=int(config["CACHE_BREAKER_FAIL_MAX"]),
+        reset_timeout=float(config["CACHE_BREAKER_RESET_SECONDS"]),
+        name="cache",
+    )
+    if not config["CACHE_ENABLED"]:
+        return Cache(None, ttl=ttl, breaker=breaker)
+    client = get_redis(config.get("REDIS_URL"))
+    if client is not None:
+        return Cache(RedisBackend(client), ttl=ttl, breaker=breaker)
+    return Cache(DiskBackend(Path(instance_path) / "cache"), ttl=ttl, breaker=breaker)
