@@ -1,0 +1,117 @@
+"""Read-path benchmark: one command, three servers side by side, interleaved rounds.
+
+    (a) a bare Flask app returning a constant ~200-byte JSON (the ceiling), same gunicorn config
+    (b) warm GET /api/users/{id}, random ids, cache on
+    (c) the same with the cache off (CACHE_ENABLED=false)
+
+(b) and (c) run in production mode with rate limiting (limit set out of reach) and JSON request
+logging on, as deployed. Intended on PostgreSQL + Redis:
+
+    DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/postboard_bench \\
+    REDIS_URL=redis://127.0.0.1:6379/7 .venv/bin/python -m bench.read_path
+
+Targets (issue #5): (b) >= 0.6 x (a), (b) >= 1.6 x (c), p99 of (b) < 15 ms at 32 connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.limiter_overhead import BIN, ROOT, migrate, seed_ids
+from bench.loadgen import median, run
+
+
+def start(app: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [str(BIN / "gunicorn"), app, "-c", "gunicorn.conf.py"],
+        cwd=ROOT,
+        env={**env, "PORT": str(port)},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    sys.exit(f"{app} on {port} did not start: {log.read_text()[-2000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--users", type=int, default=5000)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        base = {
+            **os.environ,
+            "APP_ENV": "production",
+            "SECRET_KEY": "bench-secret-" + "x" * 40,
+            "JWT_SECRET_KEY": "bench-jwt-secret-" + "y" * 40,
+            "INSTANCE_PATH": str(work),
+            "CACHE_DIR": str(work / "cache"),
+            "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "3"),
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+            "RATELIMIT_ENABLED": "true",
+            "RATELIMIT_ANONYMOUS": "100000000/minute",
+            "TASKS_ENABLED": "false",
+        }
+        base.setdefault("DATABASE_URL", f"sqlite:///{work / 'bench.sqlite3'}")
+        migrate(base)
+        ports = {"a": 18401, "b": 18402, "c": 18403}
+        variants = {
+            "a": ("bench.bare_app:app", base),
+            "b": ("wsgi:app", {**base, "CACHE_ENABLED": "true"}),
+            "c": ("wsgi:app", {**base, "CACHE_ENABLED": "false"}),
+        }
+        for name, (app, env) in variants.items():
+            proc = start(app, env, ports[name], work / f"{name}.log")
+            stack.callback(proc.terminate)
+        ids = seed_ids({**base, "BENCH_PROBE_PORT": str(ports["c"])}, args.users)
+        paths = [f"/api/users/{i}" for i in ids]
+        # Warm (b): every id once, so the measured rounds read from the cache.
+        run(ports["b"], paths, seconds=max(3.0, len(paths) / 1500), connections=8)
+        run(ports["a"], paths, seconds=1.0, connections=8)
+        run(ports["c"], paths, seconds=1.0, connections=8)
+        results: dict[str, list] = {name: [] for name in ports}
+        for _ in range(args.rounds):
+            for name in ("a", "b", "c"):
+                results[name].append(
+                    run(ports[name], paths, seconds=args.seconds, connections=args.connections)
+                )
+        backend = "postgres+redis" if "postgresql" in base["DATABASE_URL"] else "sqlite+disk cache"
+        print(
+            f"read path, {backend}, {args.rounds} interleaved rounds x {args.seconds}s, "
+            f"{args.connections} connections, gunicorn -w {base['WEB_CONCURRENCY']} -k sync"
+        )
+        labels = {"a": "(a) bare Flask", "b": "(b) cached GET", "c": "(c) uncached GET"}
+        rps = {}
+        for name in ("a", "b", "c"):
+            rps[name] = median([r.rps for r in results[name]])
+            p50 = median([r.percentile(50) for r in results[name]])
+            p99 = median([r.percentile(99) for r in results[name]])
+            errors = sum(r.errors for r in results[name])
+            print(
+                f"  {labels[name]:17} {rps[name]:8.0f} req/s  p50 {p50:6.2f} ms  "
+                f"p99 {p99:6.2f} ms  errors {errors}"
+            )
+        print(f"  (b)/(a) = {rps['b'] / rps['a']:.2f}   (b)/(c) = {rps['b'] / rps['c']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
