@@ -66,6 +66,9 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
         "CELERY_RESULT_BACKEND": env.str("CELERY_RESULT_BACKEND", "")
         or redis_url
         or f"db+sqlite:///{INSTANCE_DIR / 'celery-results.sqlite3'}",
+        # Redis broker: a task a worker received but never acknowledged (the worker died) is
+        # delivered again after this long. Keep it above the longest task, ETA and countdown.
+        "CELERY_VISIBILITY_TIMEOUT": env.int("CELERY_VISIBILITY_TIMEOUT", 3600),
         "PURGE_REVOKED_TOKENS_SECONDS": env.int("PURGE_REVOKED_TOKENS_SECONDS", 3600),
         "BLOCKLIST_RESYNC_SECONDS": env.int("BLOCKLIST_RESYNC_SECONDS", 60),
         "PORT": env.int("PORT", 8000),
@@ -84,8 +87,18 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
         "RATELIMIT_STRATEGY": env.str("RATELIMIT_STRATEGY", "moving-window"),
         # How many proxies in front of us append to X-Forwarded-For; 0 = trust none (default).
         "TRUSTED_PROXY_COUNT": env.int("TRUSTED_PROXY_COUNT", 0),
+        # Idempotency-Key (app/core/idempotency.py): how long a completed key replays its first
+        # response; how long an unfinished request holds its key (longer than any request may
+        # run: gunicorn's timeout); how often beat purges expired keys.
+        "IDEMPOTENCY_TTL_SECONDS": env.int("IDEMPOTENCY_TTL_SECONDS", 86400),
+        "IDEMPOTENCY_LOCK_SECONDS": env.int("IDEMPOTENCY_LOCK_SECONDS", 60),
+        "IDEMPOTENCY_PURGE_SECONDS": env.int("IDEMPOTENCY_PURGE_SECONDS", 3600),
         "CACHE_ENABLED": env.bool("CACHE_ENABLED", True),
         "CACHE_TTL_SECONDS": env.int("CACHE_TTL_SECONDS", 300),
+        # The embedded default's cross-process disk cache (used when REDIS_URL is not set).
+        "CACHE_DIR": env.str("CACHE_DIR", str(INSTANCE_DIR / "cache")),
+        # Publish Celery tasks (write-through) from the web; off in tests unless one runs a worker.
+        "TASKS_ENABLED": env.bool("TASKS_ENABLED", not testing),
         # Circuit breaker around the cache: open after this many failures, retry after this long.
         "CACHE_BREAKER_FAIL_MAX": env.int("CACHE_BREAKER_FAIL_MAX", 3),
         "CACHE_BREAKER_RESET_SECONDS": env.float("CACHE_BREAKER_RESET_SECONDS", 10.0),
@@ -125,6 +138,15 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
             "LOGIN_ACCOUNT_MAX_FAILURES must be >= 0 (0 = off) and "
             "LOGIN_ACCOUNT_WINDOW_SECONDS >= 1"
         )
+    for name in (
+        "IDEMPOTENCY_TTL_SECONDS",
+        "IDEMPOTENCY_LOCK_SECONDS",
+        "IDEMPOTENCY_PURGE_SECONDS",
+    ):
+        if int(cfg[name]) < 1:
+            raise ConfigError(f"{name} must be >= 1")
+    if int(cfg["CELERY_VISIBILITY_TIMEOUT"]) < 1:
+        raise ConfigError("CELERY_VISIBILITY_TIMEOUT must be >= 1")
     if cfg["APP_ENV"] == "production":
         enforce_production_secrets(cfg)
     return cfg

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ pytest_plugins = ["tests.live"]  # the `server` fixture: a real gunicorn
 DATABASE_URL = os.environ.get("DATABASE_URL") or None
 REDIS_URL = os.environ.get("REDIS_URL") or None
 ON_POSTGRES = bool(DATABASE_URL and DATABASE_URL.startswith("postgresql"))
-TABLES = ("events", "posts", "revoked_tokens", "users")
+TABLES = ("events", "idempotency_keys", "posts", "revoked_tokens", "users")
 PASSWORD = "correct horse battery"
 
 needs_postgres = pytest.mark.skipif(
@@ -37,12 +38,17 @@ needs_postgres = pytest.mark.skipif(
 needs_redis = pytest.mark.skipif(not REDIS_URL, reason="needs Redis: set REDIS_URL=redis://...")
 
 
+# The embedded default's disk cache, for this test session only (never the repo's instance/).
+CACHE_DIR = tempfile.mkdtemp(prefix="postboard-test-cache-")
+
+
 def test_config(database_uri: str, **extra: Any) -> dict[str, Any]:
     """Config overrides for an app on `database_uri` (not a test: pytest must not collect it)."""
     return {
         "APP_ENV": "testing",
         "SQLALCHEMY_DATABASE_URI": database_uri,
         "REDIS_URL": REDIS_URL,
+        "CACHE_DIR": CACHE_DIR,
         **extra,
     }
 
@@ -97,6 +103,13 @@ def reset_database(application: Flask) -> None:
                 target.close()
 
 
+def reset_cache() -> None:
+    """Empty the embedded default's disk cache (Redis keys go with reset_redis)."""
+    import diskcache
+
+    diskcache.Cache(CACHE_DIR).clear()
+
+
 def reset_redis() -> None:
     if not REDIS_URL:
         return
@@ -119,6 +132,7 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
         application = request.getfixturevalue("app")
         reset_database(application)
         reset_redis()
+        reset_cache()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from app import create_app
 from app.extensions import db
 from tests.conftest import DATABASE_URL, ON_POSTGRES, test_config
 
-APP_TABLES = {"users", "posts", "events", "revoked_tokens"}
+APP_TABLES = {"users", "posts", "events", "revoked_tokens", "idempotency_keys"}
 
 
 @pytest.fixture

@@ -25,7 +25,9 @@ def make_celery(flask_app: Flask) -> Celery:
     cfg = flask_app.config
     celery: Celery = Celery(flask_app.import_name, task_cls=AppContextTask)
     # Redis re-delivers an unacked task after the visibility timeout: longer than any task runs.
-    redis_options = {"visibility_timeout": 3600}
+    # A worker restores such tasks when it starts, and in a periodic sweep (kombu 5.7: about every
+    # 100 s, unacked_restore_interval x unacked_restore_throttle).
+    redis_options = {"visibility_timeout": int(cfg["CELERY_VISIBILITY_TIMEOUT"])}
     is_redis = str(cfg["CELERY_BROKER_URL"]).startswith(("redis://", "rediss://"))
     backend_is_redis = str(cfg["CELERY_RESULT_BACKEND"]).startswith(("redis://", "rediss://"))
     celery.conf.update(
@@ -45,15 +47,23 @@ def make_celery(flask_app: Flask) -> Celery:
         accept_content=["json"],
         timezone="UTC",
         worker_hijack_root_logger=False,
-        include=["worker.tasks.health", "worker.tasks.maintenance"],
+        include=["worker.tasks.health", "worker.tasks.maintenance", "worker.tasks.cache"],
         beat_schedule={
             "purge-revoked-tokens": {
                 "task": "auth.purge_revoked_tokens",
                 "schedule": float(cfg["PURGE_REVOKED_TOKENS_SECONDS"]),
             },
+            "warm-cache": {
+                "task": "cache.warm",
+                "schedule": float(cfg["CACHE_WARM_INTERVAL_SECONDS"] or 10**9),
+            },
             "resync-blocklist": {
                 "task": "auth.resync_blocklist",
                 "schedule": float(cfg["BLOCKLIST_RESYNC_SECONDS"]),
+            },
+            "purge-idempotency-keys": {
+                "task": "idempotency.purge_expired_keys",
+                "schedule": float(cfg["IDEMPOTENCY_PURGE_SECONDS"]),
             },
         },
     )

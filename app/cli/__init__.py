@@ -6,8 +6,10 @@ from flask import Flask
 
 
 def register_cli(app: Flask) -> None:
+    from app.cli.cache import cache_cli
     from app.cli.seed import seed_command
     from app.cli.users import users_cli
 
     app.cli.add_command(users_cli)
     app.cli.add_command(seed_command)
+    app.cli.add_command(cache_cli)

@@ -15,6 +15,8 @@ cache is skipped for a cool-down, reads go straight to the database and nothing 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import threading
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 
 import pybreaker
 import redis
+from cryptography.fernet import Fernet
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +127,12 @@ class DiskBackend:
                 self.cache.set(key, payload, expire=ttl)
 
     def count_keys(self) -> int:
-        return sum(1 for key in self.cache.iterkeys() if str(key).startswith(PREFIX))
+        return sum(1 for key in self.cache.iterkeys() if str(key).startswith(f"{PREFIX}:"))
 
     def clear(self) -> int:
         removed = 0
         for key in list(self.cache.iterkeys()):
-            if str(key).startswith(PREFIX) and self.cache.delete(key):
+            if str(key).startswith(f"{PREFIX}:") and self.cache.delete(key):
                 removed += 1
         self.cache.delete(STATS_KEY)
         return removed
@@ -154,10 +157,13 @@ class Cache:
         backend: Backend | None,
         *,
         ttl: int,
+        secret: str = "",
         breaker: pybreaker.CircuitBreaker | None = None,
         flush_every: float = 2.0,
     ) -> None:
         self.backend = backend
+        key = hashlib.sha256(b"cache-seal:" + secret.encode()).digest()
+        self._box = Fernet(base64.urlsafe_b64encode(key))
         self.ttl = ttl
         self.breaker = breaker or pybreaker.CircuitBreaker(fail_max=3, reset_timeout=10)
         self._hits = 0
@@ -169,6 +175,13 @@ class Cache:
     @property
     def enabled(self) -> bool:
         return self.backend is not None
+
+    def seal(self, text: str) -> str:
+        """Encrypt a private value (an email) before it goes into the cache."""
+        return self._box.encrypt(text.encode()).decode()
+
+    def unseal(self, token: str) -> str:
+        return self._box.decrypt(token.encode()).decode()
 
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
@@ -249,7 +262,7 @@ class Cache:
         return int(self._call(self.backend.clear) or 0)
 
 
-def build_cache(config: dict[str, Any], instance_path: str) -> Cache:
+def build_cache(config: dict[str, Any]) -> Cache:
     """The cache for an app: Redis when REDIS_URL is set, else a shared disk cache; or off."""
     from app.core.redis_client import get_redis
 
@@ -259,9 +272,61 @@ def build_cache(config: dict[str, Any], instance_path: str) -> Cache:
         reset_timeout=float(config["CACHE_BREAKER_RESET_SECONDS"]),
         name="cache",
     )
-    if not config["CACHE_ENABLED"]:
-        return Cache(None, ttl=ttl, breaker=breaker)
-    client = get_redis(config.get("REDIS_URL"))
-    if client is not None:
-        return Cache(RedisBackend(client), ttl=ttl, breaker=breaker)
-    return Cache(DiskBackend(Path(instance_path) / "cache"), ttl=ttl, breaker=breaker)
+    secret = str(config["SECRET_KEY"])
+    backend: Backend | None = None
+    if config["CACHE_ENABLED"]:
+        client = get_redis(config.get("REDIS_URL"))
+        backend = RedisBackend(client) if client else DiskBackend(Path(config["CACHE_DIR"]))
+    return Cache(backend, ttl=ttl, secret=secret, breaker=breaker)
+
+
+def app_cache() -> Cache:
+    """This app's cache (built once per app)."""
+    from flask import current_app
+
+    cache = current_app.extensions.get("cache")
+    if cache is None:
+        cache = current_app.extensions["cache"] = build_cache(current_app.config)
+    return cache
+
+
+def warm(cache: Cache, session: Any, *, limit: int, batch: int = 500) -> dict[str, int]:
+    """Cache the most recent `limit` users and posts, `batch` rows per pipelined write.
+
+    Idempotent and safe beside live writes: each entry goes through the version compare.
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.orm import contains_eager
+
+    from app.posts.models import Post
+    from app.posts.service import POST_KIND, post_cache_data
+    from app.users.models import User
+    from app.users.service import USER_KIND, user_cache_data
+
+    warmed = {"users": 0, "posts": 0}
+    if not cache.enabled or limit <= 0:
+        return warmed
+    users = sa.select(User).order_by(User.created_at.desc(), User.id.desc()).limit(limit)
+    posts = (
+        sa.select(Post)
+        .join(Post.author)
+        .options(contains_eager(Post.author))
+        .order_by(Post.created_at.desc(), Post.id.desc())
+        .limit(limit)
+    )
+    for kind, stmt, build, counter in (
+        (USER_KIND, users, lambda u: user_cache_data(u, cache), "users"),
+        (POST_KIND, posts, post_cache_data, "posts"),
+    ):
+        rows = session.scalars(stmt.execution_options(yield_per=batch))
+        chunk: list[tuple[object, int, dict[str, Any]]] = []
+        for row in rows:
+            chunk.append((row.public_id, row.version, build(row)))
+            if len(chunk) >= batch:
+                cache.fill_many(kind, chunk)
+                warmed[counter] += len(chunk)
+                chunk = []
+        if chunk:
+            cache.fill_many(kind, chunk)
+            warmed[counter] += len(chunk)
+    return warmed

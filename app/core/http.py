@@ -46,6 +46,20 @@ def single(
     return {"data": view}, status, headers
 
 
+def single_json(view: dict[str, Any], version: int, *, variant: str = "") -> Any:
+    """Like `single`, for a view that is already JSON-ready (a cached representation): it is
+    encoded directly instead of through the response schema (the hot path of single GETs).
+    tests/test_cache.py checks both paths give byte-identical bodies."""
+    result = single(view, version, variant=variant)
+    if isinstance(result, Response):
+        return result
+    body, status, headers = result
+    response = current_app.json.response(body)
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
 def listing(page: Page[Any], views: list[dict[str, Any]]) -> Any:
     """`{"data": [...], "meta": {...}}` with a `Link: <...>; rel="next"` when there is more."""
     headers = {}

@@ -38,7 +38,7 @@ class UnitOfWork:
         self.session = session
         self.actor_id = actor_id
         self._events: list[dict[str, Any]] = []
-        self._after_commit: list[Callable[[], None]] = []
+        self._after_commit: list[Callable[[], object]] = []
 
     def __enter__(self) -> UnitOfWork:
         return self
@@ -84,7 +84,7 @@ class UnitOfWork:
             }
         )
 
-    def after_commit(self, callback: Callable[[], None]) -> None:
+    def after_commit(self, callback: Callable[[], object]) -> None:
         self._after_commit.append(callback)
 
     def commit(self) -> None:

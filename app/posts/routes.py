@@ -10,7 +10,9 @@ from flask.views import MethodView
 
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
 from app.core.api import ApiBlueprint, errors_doc, link, operation
-from app.core.http import cursor_codec, if_match, listing, page_params, single
+from app.core.cache import app_cache
+from app.core.http import cursor_codec, if_match, listing, page_params, single, single_json
+from app.core.idempotency import idempotent
 from app.core.pagination import PageArgsSchema
 from app.extensions import db
 from app.posts.models import Post
@@ -39,7 +41,7 @@ OPTIONAL_AUTH = [*BEARER_AUTH, {}]
 
 
 def service() -> PostService:
-    return PostService(db.session(), codec=cursor_codec())
+    return PostService(db.session(), codec=cursor_codec(), cache=app_cache())
 
 
 def respond(post: Post, *, status: int = 200) -> Any:
@@ -71,6 +73,7 @@ class UserPosts(MethodView):
         page = service().list_by_author(user_id, page_params(args), viewer=current_principal())
         return listing(page, [post_view(p) for p in page.items])
 
+    @idempotent(blp)
     @blp.response(201, PostEnvelopeSchema, headers={"Location": {"schema": {"type": "string"}}})
     @operation(blp, "createPost", security=BEARER_AUTH, links={201: POST_LINKS})
     @errors_doc(blp, 400, 401, 403, 404, 413, 415)
@@ -89,7 +92,8 @@ class PostItem(MethodView):
     @authenticated(optional=True)
     def get(self, post_id: uuid.UUID) -> Any:
         """Get a post (a draft only for its author and admins)."""
-        return respond(service().get(post_id, viewer=current_principal()))
+        snapshot = service().read(post_id, viewer=current_principal())
+        return single_json(snapshot.public, snapshot.version)
 
     @blp.response(200, PostEnvelopeSchema)
     @operation(

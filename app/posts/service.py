@@ -4,30 +4,80 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.core.cache import Cache
 from app.core.conditional import check_version
 from app.core.db import utcnow
 from app.core.errors import Forbidden, NotFound
 from app.core.pagination import CursorCodec, Page, PageParams
 from app.core.security import Principal
+from app.core.tasks import enqueue
 from app.core.uow import UnitOfWork
 from app.posts.models import Post
 from app.posts.repository import PostRepository
+from app.posts.representation import public_post
 from app.users.repository import UserRepository
 
 POST_AGGREGATE = "post"
 POST_FIELDS = ("title", "body", "status")
+POST_KIND = "post"  # cache namespace
+
+
+@dataclass(frozen=True)
+class PostSnapshot:
+    """A post as read through the cache: enough to authorise and to answer a GET."""
+
+    author_id: int
+    status: str
+    version: int
+    public: dict[str, Any]
+
+
+def post_cache_data(post: Post) -> dict[str, Any]:
+    return {"author": post.author_id, "status": post.status, "public": public_post(post)}
 
 
 class PostService:
-    def __init__(self, session: Session, *, codec: CursorCodec) -> None:
+    def __init__(self, session: Session, *, codec: CursorCodec, cache: Cache | None = None) -> None:
         self.session = session
         self.posts = PostRepository(session)
         self.users = UserRepository(session)
         self.codec = codec
+        self.cache = cache or Cache(None, ttl=0)
+
+    def read(self, public_id: uuid.UUID, *, viewer: Principal | None) -> PostSnapshot:
+        """Cache-aside read with the same visibility rule as `get` (drafts: author, admins)."""
+        entry = self.cache.read(POST_KIND, public_id)
+        if entry is None:
+            post = self.posts.get(public_id)
+            if post is None:
+                raise NotFound("No such post.")
+            data = post_cache_data(post)
+            self.cache.fill(POST_KIND, public_id, post.version, data)
+            version = post.version
+        else:
+            data, version = entry["d"], entry["v"]
+        snapshot = PostSnapshot(data["author"], data["status"], version, data["public"])
+        if snapshot.status == "draft" and not (viewer and viewer.may_act_for(snapshot.author_id)):
+            raise NotFound("No such post.")
+        return snapshot
+
+    def refresh_cache(self, public_id: uuid.UUID) -> bool:
+        """Write-through: store the current state (a no-op when the cache holds a newer one)."""
+        post = self.posts.get(public_id)
+        if post is None:
+            return False
+        self.cache.fill(POST_KIND, public_id, post.version, post_cache_data(post))
+        return True
+
+    def _after_write(self, uow: UnitOfWork, post: Post) -> None:
+        pid, version = post.public_id, post.version
+        uow.after_commit(lambda: self.cache.invalidate(POST_KIND, [(pid, version)]))
+        uow.after_commit(lambda: enqueue("cache.refresh_post", str(pid)))
 
     # Reads -----------------------------------------------------------------------------------
 
@@ -86,6 +136,7 @@ class PostService:
                     **{f: getattr(post, f) for f in (*POST_FIELDS, "published_at")},
                 },
             )
+            uow.after_commit(lambda: enqueue("cache.refresh_post", str(post.public_id)))
         return post
 
     def update(
@@ -120,6 +171,7 @@ class PostService:
                 version=post.version,
                 values=values,
             )
+            self._after_write(uow, post)
         return post
 
     def delete(
@@ -141,6 +193,7 @@ class PostService:
                 version=post.version,
                 values={"deleted_at": now},
             )
+            self._after_write(uow, post)
 
 
 def _may_edit(viewer: Principal | None, post: Post) -> bool:

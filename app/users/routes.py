@@ -10,10 +10,13 @@ from flask.views import MethodView
 
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
 from app.core.api import ApiBlueprint, errors_doc, link, operation
-from app.core.http import cursor_codec, if_match, listing, page_params, single
+from app.core.cache import Cache, app_cache
+from app.core.http import cursor_codec, if_match, listing, page_params, single, single_json
+from app.core.idempotency import idempotent
 from app.core.pagination import PageArgsSchema
 from app.extensions import db
 from app.users.models import User
+from app.users.representation import with_email
 from app.users.schemas import (
     UserCreateSchema,
     UserEnvelopeSchema,
@@ -22,7 +25,7 @@ from app.users.schemas import (
     UserPutSchema,
     user_view,
 )
-from app.users.service import UserService
+from app.users.service import UserService, UserSnapshot
 
 blp = ApiBlueprint("users", __name__, url_prefix="/api", description="Users.")
 
@@ -48,7 +51,16 @@ PRIVATE = "private"  # ETag variant of the representation that includes the emai
 
 
 def service() -> UserService:
-    return UserService(db.session(), codec=cursor_codec())
+    return UserService(db.session(), codec=cursor_codec(), cache=app_cache())
+
+
+def respond_snapshot(snapshot: UserSnapshot, cache: Cache) -> Any:
+    """A single user from the cache-aside read; the email only for the user themself, admins."""
+    viewer = current_principal()
+    if viewer is not None and viewer.may_act_for(snapshot.owner_id):
+        view = with_email(snapshot.public, snapshot.email(cache))
+        return single_json(view, snapshot.version, variant=PRIVATE)
+    return single_json(snapshot.public, snapshot.version)
 
 
 def respond(user: User) -> Any:
@@ -68,6 +80,7 @@ class UserCollection(MethodView):
         page = service().list(page_params(args))
         return listing(page, [user_view(u, with_email=False) for u in page.items])
 
+    @idempotent(blp)
     @blp.response(201, UserEnvelopeSchema, headers={"Location": {"schema": {"type": "string"}}})
     @operation(blp, "createUser", security=[], links={201: USER_LINKS})
     @errors_doc(blp, 400, 409, 413, 415, 429)
@@ -92,7 +105,8 @@ class UserItem(MethodView):
     @authenticated(optional=True)
     def get(self, user_id: uuid.UUID) -> Any:
         """Get a user (the email only for the user themself and admins)."""
-        return respond(service().get(user_id))
+        users = service()
+        return respond_snapshot(users.read(user_id), users.cache)
 
     @blp.response(200, UserEnvelopeSchema)
     @operation(
@@ -134,4 +148,5 @@ class Me(MethodView):
     @authenticated()
     def get(self) -> Any:
         """The caller's own user."""
-        return respond(service().get_principal_user(require_principal()))
+        users = service()
+        return respond_snapshot(users.read(require_principal().public_id), users.cache)

@@ -4,30 +4,81 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.core.cache import Cache
 from app.core.conditional import check_version
 from app.core.db import utcnow
 from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.pagination import CursorCodec, Page, PageParams
 from app.core.security import Principal, passwords
+from app.core.tasks import enqueue
 from app.core.uow import UnitOfWork
 from app.posts.repository import PostRepository
 from app.users.models import User
 from app.users.repository import UserRepository
+from app.users.representation import public_user
 
 PROFILE_FIELDS = ("email", "username", "display_name", "bio")
 USER_AGGREGATE = "user"
+USER_KIND = "user"  # cache namespace
+POST_KIND = "post"
+
+
+@dataclass(frozen=True)
+class UserSnapshot:
+    """A user as read through the cache: enough to authorise and to answer a GET."""
+
+    owner_id: int
+    version: int
+    public: dict[str, Any]
+    sealed_email: str
+
+    def email(self, cache: Cache) -> str:
+        return cache.unseal(self.sealed_email)
+
+
+def user_cache_data(user: User, cache: Cache) -> dict[str, Any]:
+    """What the cache holds for a user: never the email in the clear, never the hash."""
+    return {"owner": user.id, "public": public_user(user), "email": cache.seal(user.email)}
 
 
 class UserService:
-    def __init__(self, session: Session, *, codec: CursorCodec) -> None:
+    def __init__(self, session: Session, *, codec: CursorCodec, cache: Cache | None = None) -> None:
         self.session = session
         self.users = UserRepository(session)
         self.posts = PostRepository(session)
         self.codec = codec
+        self.cache = cache or Cache(None, ttl=0)
+
+    def read(self, public_id: uuid.UUID) -> UserSnapshot:
+        """Cache-aside: the cached snapshot, else the database (and then fill the cache)."""
+        entry = self.cache.read(USER_KIND, public_id)
+        if entry is None:
+            user = self.get(public_id)
+            data = user_cache_data(user, self.cache)
+            self.cache.fill(USER_KIND, public_id, user.version, data)
+            version = user.version
+        else:
+            data, version = entry["d"], entry["v"]
+        return UserSnapshot(data["owner"], version, data["public"], data["email"])
+
+    def refresh_cache(self, public_id: uuid.UUID) -> bool:
+        """Write-through: store the current state (a no-op when the cache holds a newer one)."""
+        user = self.users.get(public_id)
+        if user is None:
+            return False
+        self.cache.fill(USER_KIND, public_id, user.version, user_cache_data(user, self.cache))
+        return True
+
+    def _after_write(self, uow: UnitOfWork, user: User) -> None:
+        """Invalidate now (a tombstone at the new version) and write through after commit."""
+        pid, version = user.public_id, user.version
+        uow.after_commit(lambda: self.cache.invalidate(USER_KIND, [(pid, version)]))
+        uow.after_commit(lambda: enqueue("cache.refresh_user", str(pid)))
 
     # Reads -----------------------------------------------------------------------------------
 
@@ -36,9 +87,6 @@ class UserService:
         if user is None:
             raise NotFound("No such user.")
         return user
-
-    def get_principal_user(self, principal: Principal) -> User:
-        return self.get(principal.public_id)
 
     def list(self, params: PageParams) -> Page[User]:
         return self.users.page(params, self.codec)
@@ -73,6 +121,7 @@ class UserService:
                 values={f: getattr(user, f) for f in (*PROFILE_FIELDS, "is_admin")},
                 secret_fields=("password",),
             )
+            uow.after_commit(lambda: enqueue("cache.refresh_user", str(user.public_id)))
         return user
 
     def update(
@@ -117,6 +166,7 @@ class UserService:
                 values=values,
                 secret_fields=("password",) if new_password is not None else (),
             )
+            self._after_write(uow, user)
         return user
 
     def delete(
@@ -139,7 +189,8 @@ class UserService:
                 version=user.version,
                 values={"deleted_at": now},
             )
-            for post_id, post_version in self.posts.soft_delete_by_author(user.id, now):
+            gone = self.posts.soft_delete_by_author(user.id, now)
+            for post_id, post_version in gone:
                 uow.record(
                     "post.deleted",
                     aggregate_type="post",
@@ -147,6 +198,9 @@ class UserService:
                     version=post_version,
                     values={"deleted_at": now, "reason": "author_deleted"},
                 )
+            pid, version = user.public_id, user.version
+            uow.after_commit(lambda: self.cache.invalidate(USER_KIND, [(pid, version)]))
+            uow.after_commit(lambda: self.cache.invalidate(POST_KIND, gone))
 
     # Helpers ---------------------------------------------------------------------------------
 

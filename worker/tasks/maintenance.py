@@ -9,6 +9,7 @@ from celery import shared_task
 from flask import current_app
 
 from app.auth.blocklist import TokenBlocklist
+from app.core.idempotency import store as idempotency_store
 from app.core.redis_client import get_redis
 from app.extensions import db
 
@@ -44,3 +45,11 @@ def resync_blocklist() -> int:
         db.session.remove()
     log.info("blocklist_resynced", extra={"tokens": copied})
     return copied
+
+
+@shared_task(name="idempotency.purge_expired_keys")
+def purge_expired_idempotency_keys() -> int:
+    """Delete idempotency keys past their expiry (idempotent; expired rows are ignored anyway)."""
+    removed = idempotency_store().purge_expired()
+    log.info("idempotency_keys_purged", extra={"removed": removed})
+    return removed

@@ -1,0 +1,57 @@
+"""`flask cache warm [--limit N]`, `flask cache stats`, `flask cache clear`."""
+
+from __future__ import annotations
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from app.core.cache import app_cache, warm
+from app.extensions import db
+
+
+@click.group("cache", help="Inspect and manage the read cache.")
+def cache_cli() -> None:
+    """Inspect and manage the read cache."""
+
+
+def _require_enabled() -> None:
+    if not app_cache().enabled:
+        raise click.ClickException("the cache is disabled (CACHE_ENABLED=false)")
+
+
+@cache_cli.command("warm")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000_000),
+    default=None,
+    help="How many recent users and posts (default CACHE_WARM_LIMIT).",
+)
+@with_appcontext
+def warm_command(limit: int | None) -> None:
+    """Cache the most recent users and posts, in pipelined batches."""
+    _require_enabled()
+    limit = limit or int(current_app.config["CACHE_WARM_LIMIT"])
+    result = warm(app_cache(), db.session(), limit=limit)
+    click.echo(f"warmed {result['users']} users and {result['posts']} posts")
+
+
+@cache_cli.command("stats")
+@with_appcontext
+def stats_command() -> None:
+    """Hit and miss counts (all processes) and this service's key count."""
+    _require_enabled()
+    stats = app_cache().stats()
+    total = stats["hits"] + stats["misses"]
+    ratio = f"{stats['hits'] / total:.1%}" if total else "n/a"
+    click.echo(
+        f"hits {stats['hits']}  misses {stats['misses']}  hit ratio {ratio}  keys {stats['keys']}"
+    )
+
+
+@cache_cli.command("clear")
+@with_appcontext
+def clear_command() -> None:
+    """Remove this service's cache keys (and only those)."""
+    _require_enabled()
+    click.echo(f"removed {app_cache().clear()} keys")

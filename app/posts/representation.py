@@ -1,0 +1,21 @@
+"""The post's JSON representation, as both the HTTP layer and the cache need it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.posts.models import Post
+
+
+def public_post(post: Post) -> dict[str, Any]:
+    return {
+        "id": str(post.public_id),
+        "author_id": str(post.author.public_id),
+        "title": post.title,
+        "body": post.body,
+        "status": post.status,
+        "published_at": post.published_at.isoformat() if post.published_at else None,
+        "created_at": post.created_at.isoformat(),
+        "updated_at": post.updated_at.isoformat(),
+        "version": post.version,
+    }

@@ -1,0 +1,30 @@
+"""The user's JSON representation, as both the HTTP layer and the cache need it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.users.models import User
+
+
+def public_user(user: User) -> dict[str, Any]:
+    """Every field anyone may see, JSON-ready, in the documented order (no email)."""
+    return {
+        "id": str(user.public_id),
+        "username": user.username,
+        "display_name": user.display_name,
+        "bio": user.bio,
+        "created_at": user.created_at.isoformat(),
+        "updated_at": user.updated_at.isoformat(),
+        "version": user.version,
+    }
+
+
+def with_email(public: dict[str, Any], email: str) -> dict[str, Any]:
+    """The private representation: the public one with the email after the bio."""
+    out: dict[str, Any] = {}
+    for key, value in public.items():
+        out[key] = value
+        if key == "bio":
+            out["email"] = email
+    return out
