@@ -56,7 +56,7 @@ def cache_key(kind: str, public_id: object) -> str:
 
 class Backend(Protocol):
     def get(self, key: str) -> bytes | None: ...
-    def put_if_newer(self, items: list[tuple[str, bytes, int]], ttl: int) -> None: ...
+    def put_if_newer(self, items: list[tuple[str, bytes, int]], ttl: int) -> bool: ...
     def count_keys(self) -> int: ...
     def clear(self) -> int: ...
     def add_stats(self, hits: int, misses: int) -> None: ...
@@ -71,11 +71,12 @@ class RedisBackend:
     def get(self, key: str) -> bytes | None:
         return self.client.get(key)  # type: ignore[return-value]
 
-    def put_if_newer(self, items: list[tuple[str, bytes, int]], ttl: int) -> None:
+    def put_if_newer(self, items: list[tuple[str, bytes, int]], ttl: int) -> bool:
         pipe = self.client.pipeline(transaction=False)
         for key, payload, version in items:
             self._put(keys=[key], args=[payload, version, ttl], client=pipe)
         pipe.execute()
+        return True
 
     def count_keys(self) -> int:
         return sum(1 for _ in self.client.scan_iter(f"{PREFIX}:*", count=1000))
@@ -118,13 +119,14 @@ class DiskBackend:
         value = self.cache.get(key)
         return value if isinstance(value, bytes) else None
 
-    def put_if_newer(self, items: list[tuple[str, bytes, int]], ttl: int) -> None:
+    def put_if_newer(self, items: list[tuple[str, bytes, int]], ttl: int) -> bool:
         with self.cache.transact():  # one writer at a time: the compare-and-set is atomic
             for key, payload, version in items:
                 current = self.cache.get(key)
                 if isinstance(current, bytes) and json.loads(current).get("v", 0) > version:
                     continue
                 self.cache.set(key, payload, expire=ttl)
+        return True
 
     def count_keys(self) -> int:
         return sum(1 for key in self.cache.iterkeys() if str(key).startswith(f"{PREFIX}:"))
@@ -171,6 +173,9 @@ class Cache:
         self._flushed = time.monotonic()
         self._flush_every = flush_every
         self._lock = threading.Lock()
+        # Tombstones that could not be written (cache down): written first once it is back, so
+        # a Redis that restarts from persisted data cannot serve the state before those writes.
+        self._pending: dict[str, tuple[bytes, int]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -197,6 +202,8 @@ class Cache:
         """The cached entry, or None on a miss, a tombstone, or a cache that is off or down."""
         if self.backend is None:
             return None
+        if self._pending and not self._flush_pending():
+            return None  # still down: the database answers
         raw = self._call(self.backend.get, cache_key(kind, public_id))
         entry = json.loads(raw) if raw else None
         if entry is None or "d" not in entry:
@@ -227,8 +234,24 @@ class Cache:
             (cache_key(kind, pid), json.dumps({"v": version}).encode(), version)
             for pid, version in entries
         ]
-        if items:
-            self._call(self.backend.put_if_newer, items, self.ttl)
+        if items and not self._call(self.backend.put_if_newer, items, self.ttl):
+            with self._lock:
+                for key, payload, version in items:
+                    self._pending[key] = (payload, version)
+
+    def _flush_pending(self) -> bool:
+        """Write the tombstones the cache missed while down; True once none is left."""
+        with self._lock:
+            items = [(key, payload, version) for key, (payload, version) in self._pending.items()]
+        if not items or self.backend is None:
+            return True
+        if not self._call(self.backend.put_if_newer, items, self.ttl):
+            return False
+        with self._lock:
+            for key, _payload, version in items:
+                if self._pending.get(key, (b"", -1))[1] == version:
+                    del self._pending[key]
+        return True
 
     def _count(self, *, miss: bool) -> None:
         with self._lock:
