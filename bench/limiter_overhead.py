@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+def start(env: dict[str, str], port: int, log: Path, app: str = "wsgi:app") -> subprocess.Popen:
+    """gunicorn serving `app` with the project's config; returns once /ready answers."""
     proc = subprocess.Popen(
-        [str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py"],
+        [str(BIN / "gunicorn"), app, "-c", "gunicorn.conf.py"],
         cwd=ROOT,
         env={**env, "PORT": str(port)},
         stdout=log.open("w"),
@@ -43,7 +44,7 @@ def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
         except OSError:
             time.sleep(0.2)
     proc.kill()
-    sys.exit(f"server on {port} did not start: {log.read_text()[-2000:]}")
+    sys.exit(f"{app} on {port} did not start: {log.read_text()[-2000:]}")
 
 
 def migrate(env: dict[str, str]) -> None:

@@ -17,35 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.limiter_overhead import BIN, ROOT, migrate, seed_ids
+from bench.limiter_overhead import migrate, seed_ids, start
 from bench.loadgen import median, run
-
-
-def start(app: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [str(BIN / "gunicorn"), app, "-c", "gunicorn.conf.py"],
-        cwd=ROOT,
-        env={**env, "PORT": str(port)},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2):
-                return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    sys.exit(f"{app} on {port} did not start: {log.read_text()[-2000:]}")
 
 
 def main() -> None:
@@ -80,7 +57,7 @@ def main() -> None:
             "c": ("wsgi:app", {**base, "CACHE_ENABLED": "false"}),
         }
         for name, (app, env) in variants.items():
-            proc = start(app, env, ports[name], work / f"{name}.log")
+            proc = start(env, ports[name], work / f"{name}.log", app)
             stack.callback(proc.terminate)
         ids = seed_ids({**base, "BENCH_PROBE_PORT": str(ports["c"])}, args.users)
         paths = [f"/api/users/{i}" for i in ids]
