@@ -20,7 +20,16 @@ from flask_jwt_extended import create_access_token, create_refresh_token
 import tests.conftest as fixtures
 from app import create_app
 from app.extensions import db
-from tests.conftest import ON_POSTGRES, PASSWORD, assert_error, bearer, login, register
+from tests.conftest import (
+    ON_POSTGRES,
+    PASSWORD,
+    assert_error,
+    bearer,
+    login,
+    register,
+    reset_cache,
+    reset_redis,
+)
 
 WRONG_KEY = "not the key, though long enough for HS256 to accept it"
 
@@ -53,6 +62,9 @@ def set_admin(app: Any, user_id: str, value: bool) -> None:
         )
         db.session.commit()
         db.session.remove()
+    # Changed behind the API's back: drop the cached user so the new state is read.
+    reset_redis()
+    reset_cache()
 
 
 def issue(app: Any, identity: str, *, refresh: bool = False, **kwargs: Any) -> str:

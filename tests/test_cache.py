@@ -34,7 +34,7 @@ from app.core.pagination import CursorCodec
 from app.extensions import db
 from app.posts.service import POST_KIND, PostService, post_cache_data
 from app.users.service import USER_KIND, UserService, user_cache_data
-from tests.conftest import CACHE_DIR, REDIS_URL, Account, test_config
+from tests.conftest import CACHE_DIR, REDIS_URL, Account, reset_cache, reset_redis, test_config
 from tests.live import free_port, live_server
 
 # Helpers (tests/test_cache_workers.py imports these) -------------------------------------------
@@ -121,7 +121,7 @@ def other(make_account: Any) -> Account:
 
 
 def test_get_fills_the_cache_and_the_second_get_runs_no_sql(app, client, account) -> None:
-    assert cache_key(USER_KIND, account.id) == f"postboard:cache:v1:user:{account.id}"
+    assert cache_key(USER_KIND, account.id) == f"postboard:cache:v2:user:{account.id}"
     assert entry(USER_KIND, account.id) is None  # registering does not fill (no worker here)
 
     with sql_statements(app) as first_sql:
@@ -653,6 +653,8 @@ def test_a_write_while_redis_is_down_is_not_undone_by_a_restart_from_persisted_d
 def test_cli_warm_fills_the_most_recent_entries(app, client, make_account) -> None:
     accounts = [make_account() for _ in range(4)]
     posts = [a.post_as(f"post {i}", status="published") for i, a in enumerate(accounts)]
+    reset_redis()  # authenticated requests read their user through the cache: start empty
+    reset_cache()
     assert cache_keys() == set()
 
     result = app.test_cli_runner().invoke(args=["cache", "warm", "--limit", "3"])
@@ -675,6 +677,8 @@ def test_cli_warm_fills_the_most_recent_entries(app, client, make_account) -> No
 
 def test_cli_stats_counts_hits_misses_and_keys(database_uri, client, account) -> None:
     post = account.post_as("Counted", status="published")
+    reset_redis()  # the token check of post_as read the user through the cache: start empty
+    reset_cache()
     fresh = create_app(test_config(database_uri))  # its own (empty) in-process counters
     web = fresh.test_client()
     for _ in range(3):
@@ -726,3 +730,14 @@ def test_cli_refuses_when_the_cache_is_disabled(nocache_app) -> None:
     result = nocache_app.test_cli_runner().invoke(args=["cache", "stats"])
     assert result.exit_code != 0
     assert "disabled" in result.output
+
+
+def test_token_checks_read_the_user_through_the_cache(app, client, account) -> None:
+    """The token's user is checked against its current state on every request, cached: a
+    repeat authenticated request runs no users query, and a deleted user is refused at once."""
+    assert client.get("/api/me", headers=account.headers).status_code == 200
+    with sql_statements(app) as statements:
+        assert client.get("/api/me", headers=account.headers).status_code == 200
+    assert touching(statements, "users") == []
+    assert client.delete(f"/api/users/{account.id}", headers=account.headers).status_code == 204
+    assert client.get("/api/me", headers=account.headers).status_code == 401

@@ -18,12 +18,13 @@ from app.auth.blocklist import TokenBlocklist
 from app.auth.service import AuthService, family_of
 from app.auth.throttle import account_throttle
 from app.core.audit import security_event
+from app.core.cache import app_cache
 from app.core.errors import error_response
+from app.core.http import cursor_codec
 from app.core.redis_client import get_redis
-from app.core.security import ADMIN_SCOPE, Principal
+from app.core.security import ADMIN_SCOPE, CurrentUser, Principal
 from app.extensions import db, jwt
-from app.users.models import User
-from app.users.repository import UserRepository
+from app.users.service import UserService
 
 F = TypeVar("F", bound=Callable[..., Any])
 BEARER_AUTH: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -63,7 +64,7 @@ def current_principal() -> Principal | None:
     claims = get_jwt()
     if not claims:
         return None
-    user = cast(User, get_current_user())
+    user = cast(CurrentUser, get_current_user())
     raw_scopes = claims.get("scope")
     token_scopes = (
         {s for s in raw_scopes if isinstance(s, str)} if isinstance(raw_scopes, list) else set()
@@ -86,12 +87,13 @@ def _unauthorized(message: str) -> Response:
 
 def register_jwt_callbacks(app: Flask) -> None:
     @jwt.user_lookup_loader
-    def _load_user(_header: dict, claims: dict) -> User | None:
+    def _load_user(_header: dict, claims: dict) -> CurrentUser | None:
         try:
             public_id = uuid.UUID(str(claims["sub"]))
         except (KeyError, ValueError):
             return None
-        return UserRepository(db.session()).get(public_id)
+        users = UserService(db.session(), codec=cursor_codec(), cache=app_cache())
+        return users.current_user(public_id)
 
     @jwt.token_in_blocklist_loader
     def _is_revoked(_header: dict, claims: dict) -> bool:

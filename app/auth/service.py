@@ -23,7 +23,7 @@ from app.auth.blocklist import TokenBlocklist
 from app.auth.throttle import AccountThrottle, email_fingerprint
 from app.core.audit import security_event
 from app.core.errors import Unauthenticated
-from app.core.security import ADMIN_SCOPE, passwords
+from app.core.security import ADMIN_SCOPE, CurrentUser, passwords
 from app.users.models import User
 from app.users.repository import UserRepository
 
@@ -42,7 +42,7 @@ class TokenPair:
     token_type: str = "Bearer"  # noqa: S105 - the scheme name, not a secret
 
 
-def scopes_for(user: User) -> list[str]:
+def scopes_for(user: User | CurrentUser) -> list[str]:
     return [ADMIN_SCOPE] if user.is_admin else []
 
 
@@ -109,7 +109,7 @@ class AuthService:
 
     # Refresh, reuse, logout --------------------------------------------------------------------
 
-    def refresh(self, user: User, claims: dict[str, Any]) -> TokenPair:
+    def refresh(self, user: CurrentUser, claims: dict[str, Any]) -> TokenPair:
         """Rotate: the presented refresh token is revoked and a new pair of its family issued."""
         self._spend(claims)
         return self._issue(user, family_of(claims) or new_family())
@@ -157,7 +157,7 @@ class AuthService:
 
     # Internals ---------------------------------------------------------------------------------
 
-    def _issue(self, user: User, family: str) -> TokenPair:
+    def _issue(self, user: User | CurrentUser, family: str) -> TokenPair:
         identity = str(user.public_id)
         claims = {"scope": scopes_for(user), FAMILY_CLAIM: family}
         access = create_access_token(identity=identity, additional_claims=claims)

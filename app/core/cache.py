@@ -31,7 +31,7 @@ from cryptography.fernet import Fernet
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "v1"  # bump when a cached shape changes: a deploy never reads an old shape
+SCHEMA = "v2"  # bump when a cached shape changes: a deploy never reads an old shape
 PREFIX = "postboard:cache"
 STATS_KEY = "postboard:cache-stats"
 

@@ -41,6 +41,15 @@ passwords = Passwords()
 
 
 @dataclass(frozen=True)
+class CurrentUser:
+    """The token's user as the request sees it: its current state, read through the cache."""
+
+    id: int
+    public_id: uuid.UUID
+    is_admin: bool
+
+
+@dataclass(frozen=True)
 class Principal:
     """Who is calling: the user's internal and public ids and their scopes."""
 

@@ -14,7 +14,7 @@ from app.core.conditional import check_version
 from app.core.db import utcnow
 from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.pagination import CursorCodec, Page, PageParams
-from app.core.security import Principal, passwords
+from app.core.security import CurrentUser, Principal, passwords
 from app.core.tasks import enqueue
 from app.core.uow import UnitOfWork
 from app.posts.repository import PostRepository
@@ -36,6 +36,7 @@ class UserSnapshot:
     version: int
     public: dict[str, Any]
     sealed_email: str
+    is_admin: bool
 
     def email(self, cache: Cache) -> str:
         return cache.unseal(self.sealed_email)
@@ -43,7 +44,12 @@ class UserSnapshot:
 
 def user_cache_data(user: User, cache: Cache) -> dict[str, Any]:
     """What the cache holds for a user: never the email in the clear, never the hash."""
-    return {"owner": user.id, "public": public_user(user), "email": cache.seal(user.email)}
+    return {
+        "owner": user.id,
+        "admin": user.is_admin,
+        "public": public_user(user),
+        "email": cache.seal(user.email),
+    }
 
 
 class UserService:
@@ -64,7 +70,15 @@ class UserService:
             version = user.version
         else:
             data, version = entry["d"], entry["v"]
-        return UserSnapshot(data["owner"], version, data["public"], data["email"])
+        return UserSnapshot(data["owner"], version, data["public"], data["email"], data["admin"])
+
+    def current_user(self, public_id: uuid.UUID) -> CurrentUser | None:
+        """The token's user, from its current (cached) state; None when gone (token refused)."""
+        try:
+            snapshot = self.read(public_id)
+        except NotFound:
+            return None
+        return CurrentUser(snapshot.owner_id, public_id, snapshot.is_admin)
 
     def refresh_cache(self, public_id: uuid.UUID) -> bool:
         """Write-through: store the current state (a no-op when the cache holds a newer one)."""
