@@ -47,6 +47,27 @@ def start(env: dict[str, str], port: int, log: Path, app: str = "wsgi:app") -> s
     sys.exit(f"{app} on {port} did not start: {log.read_text()[-2000:]}")
 
 
+def production_env(work: Path, **overrides: str) -> dict[str, str]:
+    """The environment of a benchmarked server: production mode, throwaway secrets and instance
+    dir, rate limiting on with a limit no run reaches (so every request pays for the check)."""
+    env = {
+        **os.environ,
+        "APP_ENV": "production",
+        "SECRET_KEY": "bench-secret-" + "x" * 40,
+        "JWT_SECRET_KEY": "bench-jwt-secret-" + "y" * 40,
+        "INSTANCE_PATH": str(work),
+        "CACHE_DIR": str(work / "cache"),
+        "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "3"),
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        "RATELIMIT_ENABLED": "true",
+        "RATELIMIT_ANONYMOUS": "100000000/minute",
+        "TASKS_ENABLED": "false",
+        **overrides,
+    }
+    env.setdefault("DATABASE_URL", f"sqlite:///{work / 'bench.sqlite3'}")
+    return env
+
+
 def migrate(env: dict[str, str]) -> None:
     subprocess.run(
         [str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"],
@@ -99,17 +120,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        base = {
-            **os.environ,
-            "APP_ENV": "production",
-            "SECRET_KEY": "bench-secret-" + "x" * 40,
-            "JWT_SECRET_KEY": "bench-jwt-secret-" + "y" * 40,
-            "INSTANCE_PATH": str(work),
-            "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "3"),
-            "LOG_LEVEL": "WARNING",
-            "RATELIMIT_ANONYMOUS": "100000000/minute",
-        }
-        base.setdefault("DATABASE_URL", f"sqlite:///{work / 'bench.sqlite3'}")
+        base = production_env(work, LOG_LEVEL="WARNING")
         migrate(base)
         ports = {"on": 18301, "off": 18302}
         servers = {}

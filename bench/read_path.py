@@ -16,12 +16,11 @@ Targets (issue #5): (b) >= 0.6 x (a), (b) >= 1.6 x (c), p99 of (b) < 15 ms at 32
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.limiter_overhead import migrate, seed_ids, start
+from bench.limiter_overhead import migrate, production_env, seed_ids, start
 from bench.loadgen import median, run
 
 
@@ -35,20 +34,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        base = {
-            **os.environ,
-            "APP_ENV": "production",
-            "SECRET_KEY": "bench-secret-" + "x" * 40,
-            "JWT_SECRET_KEY": "bench-jwt-secret-" + "y" * 40,
-            "INSTANCE_PATH": str(work),
-            "CACHE_DIR": str(work / "cache"),
-            "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "3"),
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
-            "RATELIMIT_ENABLED": "true",
-            "RATELIMIT_ANONYMOUS": "100000000/minute",
-            "TASKS_ENABLED": "false",
-        }
-        base.setdefault("DATABASE_URL", f"sqlite:///{work / 'bench.sqlite3'}")
+        base = production_env(work)
         migrate(base)
         ports = {"a": 18401, "b": 18402, "c": 18403}
         variants = {

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 from flask_migrate import downgrade, upgrade
-from sqlalchemy.engine import make_url
 
 from app import create_app
 from app.extensions import db
 from tests.conftest import DATABASE_URL, ON_POSTGRES, test_config
+from tests.scratch_db import scratch_database
 
 APP_TABLES = {"users", "posts", "events", "revoked_tokens", "idempotency_keys"}
 
@@ -20,20 +20,8 @@ APP_TABLES = {"users", "posts", "events", "revoked_tokens", "idempotency_keys"}
 @pytest.fixture
 def scratch_database_uri(tmp_path) -> Iterator[str]:
     """A database of this test's own, so the round trip never touches the suite's database."""
-    if not ON_POSTGRES:
-        yield f"sqlite:///{tmp_path / 'migrations.sqlite3'}"
-        return
-    url = make_url(DATABASE_URL)
-    name = f"{url.database}_mig_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(DATABASE_URL, tmp_path, "mig") as uri:
+        yield uri
 
 
 def _tables() -> set[str]:

@@ -18,9 +18,6 @@ class UserRepository:
     def get(self, public_id: uuid.UUID) -> User | None:
         return self.session.scalar(sa.select(User).where(User.public_id == public_id))
 
-    def get_by_id(self, user_id: int) -> User | None:
-        return self.session.get(User, user_id)
-
     def get_by_email(self, email: str) -> User | None:
         return self.session.scalar(
             sa.select(User).where(sa.func.lower(User.email) == email.lower())

@@ -14,35 +14,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from tests.scratch_db import scratch_database
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-@contextmanager
-def scratch_database(workdir: Path) -> Iterator[str]:
-    url = os.environ.get("DATABASE_URL")
-    if not url or not url.startswith("postgresql"):
-        yield f"sqlite:///{workdir / 'fuzz.sqlite3'}"
-        return
-    base = make_url(url)
-    name = f"{base.database}_fuzz_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def flask(env: dict[str, str], *args: str) -> str:
@@ -91,7 +68,10 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("FUZZ_PORT", 0)))
     args, extra = parser.parse_known_args()
 
-    with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp, scratch_database(Path(tmp)) as db:
+    with (
+        tempfile.TemporaryDirectory(prefix="fuzz-") as tmp,
+        scratch_database(os.environ.get("DATABASE_URL"), Path(tmp), "fuzz") as db,
+    ):
         workdir = Path(tmp)
         env = {
             **os.environ,
