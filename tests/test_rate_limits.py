@@ -73,6 +73,21 @@ def test_authenticated_limit_is_per_user_not_per_ip(app, make_account):
     assert response.headers["X-RateLimit-Limit"] == "8"
 
 
+def test_one_budget_per_caller_across_routes(app, account):
+    """RATELIMIT_AUTHENTICATED is the caller's budget for the whole API, not per route."""
+    client = limited_app(app).test_client()
+    ip = fresh_ip()
+    paths = ["/api/me", "/api/posts", f"/api/users/{account.id}", "/api/users"]
+    remaining = [
+        int(get(client, paths[i % 4], ip, **account.headers).headers["X-RateLimit-Remaining"])
+        for i in range(8)
+    ]
+    assert remaining == [7, 6, 5, 4, 3, 2, 1, 0]
+    assert_error(
+        get(client, f"/api/users/{account.id}/posts", ip, **account.headers), 429, "RATE_LIMITED"
+    )
+
+
 def test_a_forged_token_counts_against_the_ip(app, account):
     client = limited_app(app).test_client()
     ip = fresh_ip()

@@ -1,6 +1,7 @@
 """Rate limits (flask-limiter): per user when authenticated, per client IP otherwise.
 
-Sliding windows (the `moving-window` strategy by default), shared by every web process through
+One window per caller for the whole API (not per route). Sliding windows (the `moving-window`
+strategy by default), shared by every web process through
 Redis when REDIS_URL is set, in process memory on the embedded default. Registration and login
 have their own, stricter, per-IP limits. If Redis fails mid-flight, limiting falls back to
 per-process memory (so a limit may then admit up to limit x processes) and no request fails.
@@ -12,7 +13,7 @@ from typing import Any, cast
 
 from flask import Flask, current_app, g, request
 from flask_jwt_extended import decode_token
-from flask_limiter import Limiter, RequestLimit
+from flask_limiter import Limit, Limiter, RequestLimit
 
 from app.core.audit import security_event
 
@@ -105,8 +106,11 @@ def configure_limiter(app: Flask) -> Limiter:
         )
     limiter = Limiter(
         key_func=client_key,
-        default_limits=[default_limit],
-        default_limits_exempt_when=_exempt,
+        # One budget per caller across the whole API (a shared scope), not one per route:
+        # RATELIMIT_AUTHENTICATED=100/minute means 100 requests a minute in all. (Not an
+        # `application_limits` entry: flask-limiter 4.1 then drops the X-RateLimit-* headers on
+        # routes that also carry a route limit, such as GET /api/users.)
+        default_limits=[Limit(default_limit, scope="api", shared=True, exempt_when=_exempt)],
         on_breach=_on_breach,
     )
     limiter.init_app(app)

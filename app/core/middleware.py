@@ -1,9 +1,24 @@
 """The request pipeline, in one place.
 
-    request -> request id -> body checks (size 413, media type 415) -> auth -> validate -> handler
+    request
+      -> request id          _start: X-Request-ID (the client's when well-formed), timer
+      -> request hygiene     _check_uri (414), _check_body (413, 415)
+      -> auth (identify)     _identify: the bearer token's signature and expiry, no I/O; sets
+                             g.rl_subject, the user the limit and the log are keyed on
+      -> rate limit          flask-limiter's before_request (app/core/limiting.py), per user when
+                             identified, else per IP; route limits (login, register) at the view
+      -> auth (enforce)      each view's @authenticated: blocklist, the user's current state; 401
+      -> validate            each view's @blp.arguments (marshmallow): 400 / 422
+      -> handler             the view, calling a service
+    response
+      <- access log          _finish: one JSON line (request id, method, path, route, status,
+                             duration, user id when known) around it all; metrics alongside
 
-Request id and body checks run here as `before_request` hooks; auth runs in each view's
-`@authenticated` decorator, before `@blp.arguments` validation; the access log wraps it all.
+Auth is split in two on purpose: identifying the caller needs only the token's signature, so
+the limit can be keyed per user before any database or Redis work; the full check (revocation,
+deleted or demoted user) runs after the limit, so a flood of revoked tokens is throttled before
+it reaches the blocklist. `register_middleware` registers the hooks in this order; the limiter is
+registered after them (`register_rate_limits` in the factory), so Flask runs it after `_identify`.
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ def register_middleware(app: Flask) -> None:
     app.before_request(_start)
     app.before_request(_check_uri)
     app.before_request(_check_body)
+    app.before_request(_identify)
     app.after_request(_finish)
     app.teardown_request(_clear)
 
@@ -74,6 +90,13 @@ def _body_exceeds(limit: int) -> bool:
     return len(body) >= limit and bool(request.environ["wsgi.input"].read(1))
 
 
+def _identify() -> None:
+    # Imported here: limiting imports flask-jwt-extended, which this module need not load early.
+    from app.core.limiting import token_subject
+
+    token_subject()
+
+
 def _finish(response: Response) -> Response:
     request_id = getattr(g, "request_id", None) or uuid.uuid4().hex
     response.headers["X-Request-ID"] = request_id
@@ -91,6 +114,7 @@ def _finish(response: Response) -> Response:
             "route": request.url_rule.rule if request.url_rule else None,
             "status": response.status_code,
             "duration_ms": duration_ms,
+            "user_id": g.get("rl_subject"),
         },
     )
     return response
