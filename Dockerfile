@@ -4,7 +4,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY worker ./worker
-RUN pip install --no-cache-dir --prefix=/install .
+# `monitoring` adds Flower, which the compose file's `flower` service runs from this image.
+RUN pip install --no-cache-dir --prefix=/install '.[monitoring]'
 
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 INSTANCE_PATH=/tmp/instance
