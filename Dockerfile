@@ -16,6 +16,8 @@ COPY --chown=app:app wsgi.py gunicorn.conf.py ./
 COPY --chown=app:app app ./app
 COPY --chown=app:app worker ./worker
 COPY --chown=app:app migrations ./migrations
+# The Celery metrics volume takes this mount point's ownership when first created.
+RUN mkdir -p /srv/metrics/celery && chown -R app:app /srv/metrics
 USER app
 EXPOSE 8000
 CMD ["gunicorn", "wsgi:app", "-c", "gunicorn.conf.py"]

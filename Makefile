@@ -19,9 +19,10 @@ install: $(STAMP)
 migrate: install
 	$(BIN)/flask db upgrade
 
-## Web (gunicorn) + Celery worker + beat under one supervisor; Ctrl-C/SIGTERM stops all three.
+## Web (gunicorn) + Celery worker + beat under one supervisor (honcho's, via app/ops/supervisor.py),
+## output prefixed by process; Ctrl-C/SIGTERM gives each a warm stop (RUN_STOP_TIMEOUT, 60 s).
 run: migrate
-	$(BIN)/honcho start -f Procfile
+	$(BIN)/python -m app.ops.supervisor Procfile
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import shutil
+import tempfile
 from typing import Any
 
 bind = os.environ.get("GUNICORN_BIND") or f"127.0.0.1:{os.environ.get('PORT', '8000')}"
@@ -25,6 +29,56 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 control_socket_disable = True
 # Tasks are never published from the master (kombu's producer pool is not fork-safe).
 preload_app = False
+
+# Prometheus multiprocess mode (app/core/metrics.py): every worker writes its samples to files in
+# PROMETHEUS_MULTIPROC_DIR and /metrics merges them, whichever worker answers. Set it in the
+# environment (Procfile, compose); if it is not, the master makes a private directory here,
+# before any worker (and so any prometheus_client import) exists, and removes it on exit.
+# Underscored names: gunicorn reads this module's public names as settings.
+_own_metrics_dir: str | None = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _own_metrics_dir = tempfile.mkdtemp(prefix="postboard-prometheus-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
+
+
+# Every line as JSON on stdout, master and workers alike (app/core/logging.py). Imported after
+# PROMETHEUS_MULTIPROC_DIR is settled above, so nothing the import pulls in sees it unset.
+from app.core.logging import gunicorn_logconfig_dict  # noqa: E402
+
+logconfig_dict = gunicorn_logconfig_dict(loglevel)
+
+
+def on_starting(server: Any) -> None:
+    """Master, before the first fork: empty the metrics directory of a previous run's files."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    stale = glob.glob(os.path.join(directory, "*.db"))  # as app.core.metrics.clean_multiprocess_dir
+    for path in stale:  # (not imported: the master stays free of the app's modules)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    server.log.info("metrics directory %s ready (%d stale files removed)", directory, len(stale))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Master, after a worker exited (stopped, crashed or recycled): prometheus_client's
+    bookkeeping for a dead process. Its counter files stay, so totals never go down."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def on_exit(server: Any) -> None:
+    if _own_metrics_dir is not None:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)
+
+
+def post_worker_init(worker: Any) -> None:
+    """From SIGTERM on, this worker's /ready answers 503 `draining` while it finishes its work."""
+    import signal
+
+    from app.ops.draining import drain_on
+
+    drain_on(signal.SIGTERM)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -30,6 +30,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_http_security(app)
     register_blueprints(app)
     register_rate_limits(app)
+    register_metrics(app)
     register_errorhandlers(app)
     register_commands(app)
     return app
@@ -116,6 +117,12 @@ def register_rate_limits(app: Flask) -> None:
     from app.core.limiting import configure_limiter
 
     configure_limiter(app)
+
+
+def register_metrics(app: Flask) -> None:
+    from app.core.metrics import init_metrics
+
+    init_metrics(app)
 
 
 def register_errorhandlers(app: Flask) -> None:

@@ -95,6 +95,8 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
         "IDEMPOTENCY_PURGE_SECONDS": env.int("IDEMPOTENCY_PURGE_SECONDS", 3600),
         "CACHE_ENABLED": env.bool("CACHE_ENABLED", True),
         "CACHE_TTL_SECONDS": env.int("CACHE_TTL_SECONDS", 300),
+        # List aggregates (a user's post count, `meta.total`): how long a cached count lives.
+        "CACHE_AGGREGATE_TTL_SECONDS": env.int("CACHE_AGGREGATE_TTL_SECONDS", 300),
         # The embedded default's cross-process disk cache (used when REDIS_URL is not set).
         "CACHE_DIR": env.str("CACHE_DIR", str(INSTANCE_DIR / "cache")),
         # Publish Celery tasks (write-through) from the web; off in tests unless one runs a worker.
@@ -105,12 +107,33 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
         # Beat warms the most recent N users and posts this often (0 = never).
         "CACHE_WARM_LIMIT": env.int("CACHE_WARM_LIMIT", 1000),
         "CACHE_WARM_INTERVAL_SECONDS": env.int("CACHE_WARM_INTERVAL_SECONDS", 600),
+        # Backfills (app/backfill): rows per batch (one short transaction each), pause between
+        # batches, how long a silent run keeps its claim, PostgreSQL lock_timeout per batch
+        # (0 = none), and how long one Celery task runs before it re-queues itself.
+        "BACKFILL_BATCH_SIZE": env.int("BACKFILL_BATCH_SIZE", 1000),
+        "BACKFILL_SLEEP_SECONDS": env.float("BACKFILL_SLEEP_SECONDS", 0.0),
+        "BACKFILL_LEASE_SECONDS": env.float("BACKFILL_LEASE_SECONDS", 120.0),
+        "BACKFILL_LOCK_TIMEOUT_SECONDS": env.float("BACKFILL_LOCK_TIMEOUT_SECONDS", 5.0),
+        "BACKFILL_TASK_SECONDS": env.float("BACKFILL_TASK_SECONDS", 120.0),
         # Argon2 cost: the library's defaults in production; cheaper in tests only.
         "ARGON2_TIME_COST": env.int("ARGON2_TIME_COST", 1 if testing else 3),
         "ARGON2_MEMORY_COST_KIB": env.int("ARGON2_MEMORY_COST_KIB", 1024 if testing else 65536),
         "PAGINATION_DEFAULT_PER_PAGE": 20,
         "PAGINATION_MAX_PER_PAGE": 100,
+        # Offset pages: `meta.total` is an exact count up to this many rows; above it (PostgreSQL
+        # only) the planner's estimate, flagged `total_is_estimate`. 0 = always count exactly.
+        "PAGINATION_EXACT_COUNT_LIMIT": env.int("PAGINATION_EXACT_COUNT_LIMIT", 100_000),
         "DISK_MIN_FREE_BYTES": env.int("DISK_MIN_FREE_BYTES", 100 * 1024 * 1024),
+        # /ready is 200 at head only; during an expand -> contract rollout, set this to the
+        # expand revision (README "Changing the schema safely") to serve from there to head.
+        "READY_MIN_REVISION": env.str("READY_MIN_REVISION", ""),
+        # /health and /ready: each dependency check reports "timeout" after this long.
+        "PROBE_TIMEOUT_SECONDS": env.float("PROBE_TIMEOUT_SECONDS", 2.0),
+        # GET /metrics: open when empty, else it needs `Authorization: Bearer <METRICS_TOKEN>`.
+        "METRICS_TOKEN": env.str("METRICS_TOKEN", "") or None,
+        # The Celery workers' PROMETHEUS_MULTIPROC_DIR (searched recursively), merged into the
+        # web's /metrics; empty = task metrics are not served by the web.
+        "CELERY_METRICS_DIR": env.str("CELERY_METRICS_DIR", "") or None,
         # flask-smorest / OpenAPI
         "API_TITLE": "Postboard API",
         "API_VERSION": "1.0.0",
@@ -121,18 +144,11 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
         "PROPAGATE_EXCEPTIONS": False,
         "JSON_SORT_KEYS": False,
     }
-    if database_url.startswith("sqlite"):
-        # One writer at a time on SQLite: wait for the lock instead of failing at once.
-        cfg["SQLALCHEMY_ENGINE_OPTIONS"] = {"connect_args": {"timeout": 30}}
-    else:
-        cfg["SQLALCHEMY_ENGINE_OPTIONS"] = {
-            "pool_pre_ping": True,
-            "pool_size": env.int("DB_POOL_SIZE", 5),
-            "max_overflow": env.int("DB_MAX_OVERFLOW", 5),
-            "pool_timeout": 5,
-        }
     if overrides:
         cfg.update(overrides)
+    if "SQLALCHEMY_ENGINE_OPTIONS" not in cfg:
+        # After the overrides: the options must suit the database actually used.
+        cfg["SQLALCHEMY_ENGINE_OPTIONS"] = _engine_options(env, cfg["SQLALCHEMY_DATABASE_URI"])
     if cfg["LOGIN_ACCOUNT_MAX_FAILURES"] < 0 or cfg["LOGIN_ACCOUNT_WINDOW_SECONDS"] < 1:
         raise ConfigError(
             "LOGIN_ACCOUNT_MAX_FAILURES must be >= 0 (0 = off) and "
@@ -145,11 +161,29 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
     ):
         if int(cfg[name]) < 1:
             raise ConfigError(f"{name} must be >= 1")
+    if int(cfg["BACKFILL_BATCH_SIZE"]) < 1 or float(cfg["BACKFILL_SLEEP_SECONDS"]) < 0:
+        raise ConfigError("BACKFILL_BATCH_SIZE must be >= 1 and BACKFILL_SLEEP_SECONDS >= 0")
+    if float(cfg["BACKFILL_LEASE_SECONDS"]) <= 0 or float(cfg["BACKFILL_TASK_SECONDS"]) <= 0:
+        raise ConfigError("BACKFILL_LEASE_SECONDS and BACKFILL_TASK_SECONDS must be > 0")
     if int(cfg["CELERY_VISIBILITY_TIMEOUT"]) < 1:
         raise ConfigError("CELERY_VISIBILITY_TIMEOUT must be >= 1")
     if cfg["APP_ENV"] == "production":
         enforce_production_secrets(cfg)
     return cfg
+
+
+def _engine_options(env: Env, database_url: str) -> dict[str, Any]:
+    if database_url.startswith("sqlite"):
+        # One writer at a time on SQLite: wait for the lock instead of failing at once.
+        return {"connect_args": {"timeout": 30}}
+    return {
+        "pool_pre_ping": True,
+        "pool_size": env.int("DB_POOL_SIZE", 5),
+        "max_overflow": env.int("DB_MAX_OVERFLOW", 5),
+        "pool_timeout": 5,
+        # A server that accepts but never answers must not hold a request (or a probe) forever.
+        "connect_args": {"connect_timeout": env.int("DB_CONNECT_TIMEOUT_SECONDS", 5)},
+    }
 
 
 def enforce_production_secrets(cfg: dict[str, Any]) -> None:

@@ -1,7 +1,10 @@
-"""A small closed-loop HTTP load generator for benchmarks on this 2-core machine.
+"""Load generation for the benchmarks on this 2-core machine: wrk when it is installed (a C
+client: one thread, a Lua script picking a random path per request, so the server gets nearly
+all the CPU), else a small closed-loop Python client.
 
-Threads with keep-alive connections (http.client) send GETs as fast as the server answers; the
-client is deliberately light, so most of the CPU goes to the server. Returns throughput and
+The Python client: threads with keep-alive connections (http.client) send GETs as fast as the
+server answers; it costs the server CPU that wrk does not, so use wrk for figures you record
+(`apt-get install wrk` on Debian). Returns throughput and
 latency percentiles. Used by the bench/*.py scripts, which interleave the variants they compare
 in the same run.
 """
@@ -9,12 +12,17 @@ in the same run.
 from __future__ import annotations
 
 import http.client
+import json
 import random
+import shutil
 import statistics
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -23,12 +31,17 @@ class Result:
     seconds: float
     latencies_ms: list[float]
     errors: int
+    # Set when wrk measured the run: its own percentiles (it keeps no per-request list).
+    percentiles: dict[float, float] = field(default_factory=dict)
+    tool: str = "python"
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
     def percentile(self, p: float) -> float:
+        if self.percentiles:
+            return self.percentiles[p]
         data = sorted(self.latencies_ms)
         if not data:
             return float("nan")
@@ -89,3 +102,90 @@ def run(
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+WRK = shutil.which("wrk")
+
+# wrk's Lua side: a random path from a file per request; the summary as one JSON line.
+_WRK_SCRIPT = """
+local paths = {}
+for line in io.lines(os.getenv("WRK_PATHS")) do paths[#paths + 1] = line end
+math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+local extra = os.getenv("WRK_HEADER")
+request = function()
+  local headers = nil
+  if extra then
+    local name, value = extra:match("^([^:]+):%s*(.*)$")
+    headers = {[name] = value}
+  end
+  return wrk.format("GET", paths[math.random(#paths)], headers)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "errors": %d, "p50_us": %f, "p99_us": %f}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def run_wrk(
+    port: int,
+    paths: Sequence[str],
+    *,
+    seconds: float,
+    connections: int,
+    headers: dict[str, str] | None = None,
+) -> Result:
+    """The same measurement as `run`, by wrk (one thread): far less client CPU."""
+    assert WRK, "wrk is not installed"
+    assert len(headers or {}) <= 1, "one extra header at most"
+    with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
+        script = Path(tmp) / "random.lua"
+        script.write_text(_WRK_SCRIPT)
+        listing = Path(tmp) / "paths.txt"
+        listing.write_text("\n".join(paths) + "\n")
+        env = {"WRK_PATHS": str(listing), "PATH": "/usr/bin:/bin"}
+        for name, value in (headers or {}).items():
+            env["WRK_HEADER"] = f"{name}: {value}"
+        out = subprocess.run(
+            [
+                WRK,
+                "-t1",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                f"http://127.0.0.1:{port}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    summary = json.loads(out.strip().splitlines()[-1])
+    return Result(
+        requests=summary["requests"],
+        seconds=summary["duration_us"] / 1e6,
+        latencies_ms=[],
+        errors=summary["errors"],
+        percentiles={50: summary["p50_us"] / 1000, 99: summary["p99_us"] / 1000},
+        tool="wrk",
+    )
+
+
+def measure(
+    port: int,
+    paths: Sequence[str],
+    *,
+    seconds: float,
+    connections: int,
+    headers: dict[str, str] | None = None,
+) -> Result:
+    """wrk when installed, else the Python client."""
+    if WRK:
+        return run_wrk(port, paths, seconds=seconds, connections=connections, headers=headers)
+    return run(port, paths, seconds=seconds, connections=connections, headers=headers)

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.limiter_overhead import migrate, production_env, seed_ids, start
-from bench.loadgen import median, run
+from bench.loadgen import measure, median, run
 
 
 def main() -> None:
@@ -55,12 +55,13 @@ def main() -> None:
         for _ in range(args.rounds):
             for name in ("a", "b", "c"):
                 results[name].append(
-                    run(ports[name], paths, seconds=args.seconds, connections=args.connections)
+                    measure(ports[name], paths, seconds=args.seconds, connections=args.connections)
                 )
         backend = "postgres+redis" if "postgresql" in base["DATABASE_URL"] else "sqlite+disk cache"
         print(
             f"read path, {backend}, {args.rounds} interleaved rounds x {args.seconds}s, "
-            f"{args.connections} connections, gunicorn -w {base['WEB_CONCURRENCY']} -k sync"
+            f"{args.connections} connections, gunicorn -w {base['WEB_CONCURRENCY']} -k sync, "
+            f"load by {results['a'][0].tool}"
         )
         labels = {"a": "(a) bare Flask", "b": "(b) cached GET", "c": "(c) uncached GET"}
         rps = {}

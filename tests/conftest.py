@@ -29,7 +29,7 @@ pytest_plugins = ["tests.live"]  # the `server` fixture: a real gunicorn
 DATABASE_URL = os.environ.get("DATABASE_URL") or None
 REDIS_URL = os.environ.get("REDIS_URL") or None
 ON_POSTGRES = bool(DATABASE_URL and DATABASE_URL.startswith("postgresql"))
-TABLES = ("events", "idempotency_keys", "posts", "revoked_tokens", "users")
+TABLES = ("backfill_runs", "events", "idempotency_keys", "posts", "revoked_tokens", "users")
 PASSWORD = "correct horse battery"
 
 needs_postgres = pytest.mark.skipif(

@@ -181,3 +181,20 @@ def test_flower_command_starts_for_real(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_metrics_directories_are_wired_as_the_code_expects() -> None:
+    """The web merges the workers' metric files (CELERY_METRICS_DIR) through a shared volume;
+    each side empties its own PROMETHEUS_MULTIPROC_DIR at start, so the two must differ."""
+    web, worker = SERVICES["web"], SERVICES["worker"]
+    worker_dir = worker["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert web["environment"]["CELERY_METRICS_DIR"] == worker_dir
+    assert web["environment"]["PROMETHEUS_MULTIPROC_DIR"] != worker_dir
+    assert "PROMETHEUS_MULTIPROC_DIR" not in COMPOSE["x-app"]["environment"]
+
+    def volume_at(service: dict, path: str) -> str:
+        return next(v.split(":")[0] for v in service["volumes"] if v.split(":")[1] == path)
+
+    assert volume_at(web, worker_dir) == volume_at(worker, worker_dir) == "celery-metrics"
+    assert "celery-metrics" in COMPOSE["volumes"]
+    assert f"mkdir -p {worker_dir}" in (ROOT / "Dockerfile").read_text()

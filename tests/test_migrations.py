@@ -14,7 +14,7 @@ from app.extensions import db
 from tests.conftest import DATABASE_URL, ON_POSTGRES, test_config
 from tests.scratch_db import scratch_database
 
-APP_TABLES = {"users", "posts", "events", "revoked_tokens", "idempotency_keys"}
+APP_TABLES = {"users", "posts", "events", "revoked_tokens", "idempotency_keys", "backfill_runs"}
 
 
 @pytest.fixture

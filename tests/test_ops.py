@@ -73,8 +73,75 @@ def test_not_ready_without_database():
 
 
 def test_not_ready_while_draining(app):
-    draining = create_app(test_config(app.config["SQLALCHEMY_DATABASE_URI"]))
-    draining.extensions["draining"] = True
-    response = draining.test_client().get("/ready")
-    assert response.status_code == 503
-    assert response.get_json()["status"] == "draining"
+    """SIGTERM marks the process draining (gunicorn.conf.py installs this in every worker): /ready
+    then answers 503 while the handler gunicorn had still runs, so in-flight work finishes."""
+    import os
+    import signal
+
+    from app.ops import draining
+
+    received = []
+    previous = signal.signal(signal.SIGUSR2, lambda sig, _frame: received.append(sig))
+    try:
+        client = create_app(test_config(app.config["SQLALCHEMY_DATABASE_URI"])).test_client()
+        assert client.get("/ready").status_code == 200
+        draining.drain_on(signal.SIGUSR2)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert received == [signal.SIGUSR2]  # the earlier handler (gunicorn's) still ran
+        response = client.get("/ready")
+        assert response.status_code == 503
+        assert response.get_json()["status"] == "draining"
+        assert client.get("/health").status_code == 200  # draining is not unhealthy
+    finally:
+        draining.reset()
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def _silent_listener():
+    """A TCP port that accepts connections and never answers: a hung dependency."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    return listener
+
+
+def test_a_hung_database_makes_health_answer_unhealthy_not_hang(app):
+    listener = _silent_listener()
+    port = listener.getsockname()[1]
+    try:
+        hung = create_app(
+            test_config(
+                f"postgresql+psycopg://postgres@127.0.0.1:{port}/hung",
+                REDIS_URL=None,
+                PROBE_TIMEOUT_SECONDS=0.5,
+            )
+        )
+        client = hung.test_client()
+        response = client.get("/health")
+        assert response.status_code == 503
+        assert response.get_json()["checks"]["database"] == "timeout"
+        assert response.get_json()["checks"]["disk"] == "sufficient"
+        assert client.get("/ready").status_code == 503
+    finally:
+        listener.close()
+
+
+def test_a_hung_redis_makes_health_degraded_not_hang(app):
+    listener = _silent_listener()
+    port = listener.getsockname()[1]
+    try:
+        hung = create_app(
+            test_config(
+                app.config["SQLALCHEMY_DATABASE_URI"], REDIS_URL=f"redis://127.0.0.1:{port}/0"
+            )
+        )
+        response = hung.test_client().get("/health")
+        assert response.status_code == 200
+        body = response.get_json()
+        assert body["status"] == "degraded"
+        assert body["checks"]["database"] == "connected"
+        assert body["checks"]["cache"] in ("disconnected", "timeout")
+    finally:
+        listener.close()

@@ -14,7 +14,15 @@ from tests.test_rate_limits import fresh_ip, get, limited_app
 def test_hooks_run_in_the_documented_order(app: Flask) -> None:
     limited = limited_app(app)
     names = [getattr(f, "__name__", "") for f in limited.before_request_funcs[None]]
-    assert names == ["_start", "_check_uri", "_check_body", "_identify", "_check_request_limit"]
+    # The metrics timer first (so a 413 or a 429 is timed too), then the pipeline proper.
+    assert names == [
+        "_start_timer",
+        "_start",
+        "_check_uri",
+        "_check_body",
+        "_identify",
+        "_check_request_limit",
+    ]
 
 
 def test_rate_limit_answers_before_validation(app: Flask, account) -> None:

@@ -17,6 +17,7 @@ POST_FIELDS = {
     "id",
     "author_id",
     "title",
+    "slug",
     "body",
     "status",
     "published_at",

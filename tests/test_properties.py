@@ -311,8 +311,8 @@ USERNAME_TAILS = st.text(string.ascii_letters + string.digits + "_.-", max_size=
 
 
 def strip_volatile(view: dict[str, Any]) -> dict[str, Any]:
-    """A representation without its id and timestamps (published_at only as set or not)."""
-    out = {k: v for k, v in view.items() if k not in {"id", "created_at", "updated_at"}}
+    """A representation without its id, slug and timestamps (published_at only as set or not)."""
+    out = {k: v for k, v in view.items() if k not in {"id", "slug", "created_at", "updated_at"}}
     if "published_at" in out:
         out["published_at"] = out["published_at"] is not None
     return out

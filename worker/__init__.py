@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import before_task_publish, task_postrun, task_prerun
+from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun
 from flask import Flask
 
 from app.core.context import request_id_var
+from worker import metrics as _task_metrics  # noqa: F401  # connects the task-metric signals
 
 
 def make_celery(flask_app: Flask) -> Celery:
@@ -47,7 +48,12 @@ def make_celery(flask_app: Flask) -> Celery:
         accept_content=["json"],
         timezone="UTC",
         worker_hijack_root_logger=False,
-        include=["worker.tasks.health", "worker.tasks.maintenance", "worker.tasks.cache"],
+        include=[
+            "worker.tasks.health",
+            "worker.tasks.maintenance",
+            "worker.tasks.cache",
+            "worker.tasks.backfill",
+        ],
         beat_schedule={
             "purge-revoked-tokens": {
                 "task": "auth.purge_revoked_tokens",
@@ -69,6 +75,14 @@ def make_celery(flask_app: Flask) -> Celery:
     )
     flask_app.extensions["celery"] = celery
     return celery
+
+
+@setup_logging.connect
+def _json_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Worker and beat log JSON lines like the web (a receiver here replaces Celery's setup)."""
+    from app.core.logging import configure_logging
+
+    configure_logging(loglevel or "INFO")
 
 
 @before_task_publish.connect

@@ -11,6 +11,16 @@ embedded default a diskcache directory under instance/ (SQLite-backed, shared by
 on the host). Redis calls go through a circuit breaker (pybreaker, state in process memory, as a
 breaker that protects Redis must not keep its state in that Redis): after a few failures the
 cache is skipped for a cool-down, reads go straight to the database and nothing fails.
+
+List aggregates (a user's post count) cannot carry a row version, so they use a *generation*
+instead: `postboard:cache:<SCHEMA>:<gen kind>:<owner>` holds an opaque number that every write
+affecting the aggregate changes (after its commit, synchronously), and a count is stored with the
+generation it was computed under, only if that generation is still current (compare-and-set),
+and served only while it is. A reader reads the generation *before* counting, so a count from a
+snapshot older than a write either is refused or is stored under a generation the write's bump
+has already replaced. An absent generation starts at a random 52-bit number (when a reader
+needs one), never at 0: a key that expires or is evicted can never come back with a value an old
+entry was stored under; so a bump of an absent generation has nothing to do.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import base64
 import hashlib
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterable
@@ -28,6 +39,8 @@ from typing import Any, Protocol
 import pybreaker
 import redis
 from cryptography.fernet import Fernet
+
+from app.core.metrics import record_cache_read
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +63,54 @@ return 1
 """
 
 
+# KEYS[1] = generation, KEYS[2] (optional) = entry; ARGV[1] = the generation to start from when
+# there is none, ARGV[2] = its TTL. Returns {generation, entry or nil}.
+_READ_GENERATION = """
+local gen = redis.call('GET', KEYS[1])
+if not gen then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+  gen = ARGV[1]
+end
+local entry = false
+if KEYS[2] then
+  entry = redis.call('GET', KEYS[2])
+end
+return {gen, entry}
+"""
+
+# KEYS = generations; ARGV[1] = TTL. An absent generation stays absent: nothing can be stored
+# under it, and the next reader starts a fresh random one.
+_BUMP_GENERATIONS = """
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('INCR', key)
+    redis.call('EXPIRE', key, tonumber(ARGV[1]))
+  end
+end
+return 1
+"""
+
+# KEYS[1] = generation, KEYS[2..n] = entries; ARGV[1] = the generation the entries were computed
+# under, ARGV[2] = entry TTL, ARGV[3] = generation TTL, ARGV[4..] = the entries' JSON.
+# Stores nothing (returns 0) unless that generation is still the current one.
+_PUT_IF_GENERATION = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', tonumber(ARGV[2]))
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+"""
+
+
+def fresh_generation() -> str:
+    """Where an absent generation starts: random, so a lost key never repeats an old value (52
+    bits: exact as a Lua number and far below INCR's 64-bit limit)."""
+    return str(secrets.randbits(52))
+
+
 def cache_key(kind: str, public_id: object) -> str:
     return f"{PREFIX}:{SCHEMA}:{kind}:{public_id}"
 
@@ -61,12 +122,27 @@ class Backend(Protocol):
     def clear(self) -> int: ...
     def add_stats(self, hits: int, misses: int) -> None: ...
     def stats(self) -> dict[str, int]: ...
+    def read_generation(
+        self, gen_key: str, entry_key: str | None, start: str, ttl: int
+    ) -> tuple[bytes, bytes | None]: ...
+    def bump_generations(self, gen_keys: list[str], ttl: int) -> bool: ...
+    def put_if_generation(
+        self,
+        gen_key: str,
+        generation: bytes,
+        items: list[tuple[str, bytes]],
+        ttl: int,
+        gen_ttl: int,
+    ) -> bool: ...
 
 
 class RedisBackend:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._put = client.register_script(_PUT_IF_NEWER)
+        self._read_gen = client.register_script(_READ_GENERATION)
+        self._bump = client.register_script(_BUMP_GENERATIONS)
+        self._put_gen = client.register_script(_PUT_IF_GENERATION)
 
     def get(self, key: str) -> bytes | None:
         return self.client.get(key)  # type: ignore[return-value]
@@ -103,6 +179,29 @@ class RedisBackend:
     def stats(self) -> dict[str, int]:
         raw = self.client.hgetall(STATS_KEY)
         return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]
+
+    def read_generation(
+        self, gen_key: str, entry_key: str | None, start: str, ttl: int
+    ) -> tuple[bytes, bytes | None]:
+        keys = [gen_key] if entry_key is None else [gen_key, entry_key]
+        generation, raw = self._read_gen(keys=keys, args=[start, ttl])
+        return generation, raw
+
+    def bump_generations(self, gen_keys: list[str], ttl: int) -> bool:
+        self._bump(keys=gen_keys, args=[ttl])
+        return True
+
+    def put_if_generation(
+        self,
+        gen_key: str,
+        generation: bytes,
+        items: list[tuple[str, bytes]],
+        ttl: int,
+        gen_ttl: int,
+    ) -> bool:
+        keys = [gen_key, *(key for key, _payload in items)]
+        args: list[bytes | int] = [generation, ttl, gen_ttl, *(p for _key, p in items)]
+        return bool(self._put_gen(keys=keys, args=args))
 
 
 class DiskBackend:
@@ -149,6 +248,44 @@ class DiskBackend:
     def stats(self) -> dict[str, int]:
         return dict(self.cache.get(STATS_KEY) or {})
 
+    # Generations: the same rules as the Lua scripts, each inside one diskcache transaction (one
+    # writer at a time across every process on the host), values as bytes like Redis returns.
+
+    def read_generation(
+        self, gen_key: str, entry_key: str | None, start: str, ttl: int
+    ) -> tuple[bytes, bytes | None]:
+        with self.cache.transact():
+            generation = self.cache.get(gen_key)
+            if not isinstance(generation, bytes):
+                generation = start.encode()
+                self.cache.set(gen_key, generation, expire=ttl)
+            raw = self.cache.get(entry_key) if entry_key is not None else None
+        return generation, raw if isinstance(raw, bytes) else None
+
+    def bump_generations(self, gen_keys: list[str], ttl: int) -> bool:
+        with self.cache.transact():
+            for key in gen_keys:
+                current = self.cache.get(key)
+                if isinstance(current, bytes):
+                    self.cache.set(key, str(int(current) + 1).encode(), expire=ttl)
+        return True
+
+    def put_if_generation(
+        self,
+        gen_key: str,
+        generation: bytes,
+        items: list[tuple[str, bytes]],
+        ttl: int,
+        gen_ttl: int,
+    ) -> bool:
+        with self.cache.transact():
+            if self.cache.get(gen_key) != generation:
+                return False
+            for key, payload in items:
+                self.cache.set(key, payload, expire=ttl)
+            self.cache.touch(gen_key, expire=gen_ttl)
+        return True
+
 
 class Cache:
     """The cache as services see it. Every method is safe to call when the cache is off, down
@@ -162,6 +299,7 @@ class Cache:
         secret: str = "",
         breaker: pybreaker.CircuitBreaker | None = None,
         flush_every: float = 2.0,
+        aggregate_ttl: int | None = None,
     ) -> None:
         self.backend = backend
         key = hashlib.sha256(b"cache-seal:" + secret.encode()).digest()
@@ -176,6 +314,12 @@ class Cache:
         # Tombstones that could not be written (cache down): written first once it is back, so
         # a Redis that restarts from persisted data cannot serve the state before those writes.
         self._pending: dict[str, tuple[bytes, int]] = {}
+        # Generation bumps that could not be written, the same way (key -> sequence number).
+        self._pending_bumps: dict[str, int] = {}
+        self._bump_seq = 0
+        self.aggregate_ttl = aggregate_ttl if aggregate_ttl is not None else ttl
+        # A generation outlives the entries stored under it (an expired one only costs a miss).
+        self._gen_ttl = 2 * self.aggregate_ttl
 
     @property
     def enabled(self) -> bool:
@@ -202,14 +346,16 @@ class Cache:
         """The cached entry, or None on a miss, a tombstone, or a cache that is off or down."""
         if self.backend is None:
             return None
-        if self._pending and not self._flush_pending():
+        if (self._pending or self._pending_bumps) and not self._flush_pending():
             return None  # still down: the database answers
         raw = self._call(self.backend.get, cache_key(kind, public_id))
         entry = json.loads(raw) if raw else None
         if entry is None or "d" not in entry:
             self._count(miss=True)
+            record_cache_read(kind, hit=False)
             return None
         self._count(miss=False)
+        record_cache_read(kind, hit=True)
         return entry
 
     def fill(self, kind: str, public_id: object, version: int, data: dict[str, Any]) -> None:
@@ -240,18 +386,107 @@ class Cache:
                     self._pending[key] = (payload, version)
 
     def _flush_pending(self) -> bool:
-        """Write the tombstones the cache missed while down; True once none is left."""
+        """Write the tombstones and generation bumps the cache missed while down; True once none
+        is left."""
         with self._lock:
             items = [(key, payload, version) for key, (payload, version) in self._pending.items()]
-        if not items or self.backend is None:
+            bumps = dict(self._pending_bumps)
+        if (not items and not bumps) or self.backend is None:
             return True
-        if not self._call(self.backend.put_if_newer, items, self.ttl):
+        if items and not self._call(self.backend.put_if_newer, items, self.ttl):
+            return False
+        if bumps and not self._call(self.backend.bump_generations, sorted(bumps), self._gen_ttl):
             return False
         with self._lock:
             for key, _payload, version in items:
                 if self._pending.get(key, (b"", -1))[1] == version:
                     del self._pending[key]
+            for key, seq in bumps.items():
+                if self._pending_bumps.get(key) == seq:  # not bumped again meanwhile
+                    del self._pending_bumps[key]
         return True
+
+    # List aggregates, under a generation (see the module docstring) ----------------------------
+
+    def read_aggregate(
+        self, gen_kind: str, kind: str, owner: object, part: str
+    ) -> tuple[dict[str, Any] | None, bytes | None]:
+        """`(entry, generation)`: the entry when it is cached under the current generation, else
+        None (a miss); the generation to compute a fresh value under and pass to
+        `fill_aggregate`, or None when the cache is off, down or owes a bump (do not fill)."""
+        if self.backend is None:
+            return None, None
+        if (self._pending or self._pending_bumps) and not self._flush_pending():
+            return None, None
+        got = self._call(
+            self.backend.read_generation,
+            cache_key(gen_kind, owner),
+            cache_key(kind, f"{owner}:{part}"),
+            fresh_generation(),
+            self._gen_ttl,
+        )
+        generation, raw = got if got is not None else (None, None)
+        entry = json.loads(raw) if raw else None
+        if entry is None or generation is None or entry.get("g") != generation.decode():
+            self._count(miss=True)
+            record_cache_read(kind, hit=False)
+            return None, generation
+        self._count(miss=False)
+        record_cache_read(kind, hit=True)
+        return entry, generation
+
+    def generation(self, gen_kind: str, owner: object) -> bytes | None:
+        """The current generation (started when absent); None when the cache cannot say."""
+        if self.backend is None:
+            return None
+        if (self._pending or self._pending_bumps) and not self._flush_pending():
+            return None
+        got = self._call(
+            self.backend.read_generation,
+            cache_key(gen_kind, owner),
+            None,
+            fresh_generation(),
+            self._gen_ttl,
+        )
+        return got[0] if got is not None else None
+
+    def fill_aggregate(
+        self,
+        gen_kind: str,
+        kind: str,
+        owner: object,
+        generation: bytes,
+        parts: dict[str, dict[str, Any]],
+    ) -> bool:
+        """Store each part computed under `generation`; refused (False) if a write bumped it."""
+        if self.backend is None or not parts:
+            return False
+        tag = generation.decode()
+        items = [
+            (cache_key(kind, f"{owner}:{part}"), json.dumps({"g": tag, "d": data}).encode())
+            for part, data in parts.items()
+        ]
+        stored = self._call(
+            self.backend.put_if_generation,
+            cache_key(gen_kind, owner),
+            generation,
+            items,
+            self.aggregate_ttl,
+            self._gen_ttl,
+        )
+        return bool(stored)
+
+    def bump(self, gen_kind: str, owners: Iterable[object]) -> None:
+        """Invalidate every aggregate of these owners (a new generation); call after the commit.
+        On a cache failure the bump is kept and replayed first, as tombstones are."""
+        if self.backend is None:
+            return
+        keys = sorted({cache_key(gen_kind, owner) for owner in owners})
+        if keys and not self._call(self.backend.bump_generations, keys, self._gen_ttl):
+            with self._lock:
+                for key in keys:
+                    self._bump_seq += 1
+                    self._pending_bumps[key] = self._bump_seq
 
     def _count(self, *, miss: bool) -> None:
         with self._lock:
@@ -290,6 +525,7 @@ def build_cache(config: dict[str, Any]) -> Cache:
     from app.core.redis_client import get_redis
 
     ttl = int(config["CACHE_TTL_SECONDS"])
+    aggregate_ttl = int(config.get("CACHE_AGGREGATE_TTL_SECONDS", ttl))
     breaker = pybreaker.CircuitBreaker(
         fail_max=int(config["CACHE_BREAKER_FAIL_MAX"]),
         reset_timeout=float(config["CACHE_BREAKER_RESET_SECONDS"]),
@@ -300,7 +536,7 @@ def build_cache(config: dict[str, Any]) -> Cache:
     if config["CACHE_ENABLED"]:
         client = get_redis(config.get("REDIS_URL"))
         backend = RedisBackend(client) if client else DiskBackend(Path(config["CACHE_DIR"]))
-    return Cache(backend, ttl=ttl, secret=secret, breaker=breaker)
+    return Cache(backend, ttl=ttl, secret=secret, breaker=breaker, aggregate_ttl=aggregate_ttl)
 
 
 def app_cache() -> Cache:

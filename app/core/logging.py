@@ -1,47 +1,259 @@
-"""One JSON object per log line, with the request id of the request or task that logged it."""
+"""One JSON object per log line, from every logger in the process, with secrets masked.
+
+structlog's stdlib `ProcessorFormatter` renders the records of every library (gunicorn, Celery,
+SQLAlchemy, alembic, our own `logging.getLogger(...)` calls with `extra=`) and of structlog's
+own loggers the same way:
+
+    {"timestamp": "2026-11-21T04:12:00.123456Z", "level": "info", "logger": "app.access",
+     "event": "request", "request_id": "...", "method": "GET", "path": "/api/posts", ...}
+
+`request_id` comes from the request (or task) being served (`app.core.context`); a Celery task's
+lines also carry `task_name` and `task_id`. Redaction is the last step before rendering, so it
+holds whatever a caller passes: values under secret-looking keys (password, token,
+authorization, secret, cookie, ...; nested too) become "[REDACTED]", and JWTs, `Bearer ...`
+credentials and `password=...`-style pairs are masked inside any string, the message included.
+
+Entry points: `configure_logging(level)` (web factory, Celery worker and beat, CLI), and
+`gunicorn_logconfig_dict(level)` for gunicorn's own loggers (`logconfig_dict` in
+gunicorn.conf.py), which builds the same handler.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import sys
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Mapping
+from typing import IO, Any, cast
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from app.core.context import current_request_id
 
-# Attributes every LogRecord has; anything else was passed in `extra=` and goes into the line.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-# Never written, whatever a caller passes in `extra=`.
-_SECRET_KEYS = {"password", "token", "access_token", "refresh_token", "authorization", "secret"}
+REDACTED = "[REDACTED]"
+
+# Keys whose values are never written (compared lower-cased, with "-" read as "_").
+SECRET_KEYS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "current_password",
+        "new_password",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "authorization",
+        "proxy_authorization",
+        "secret",
+        "client_secret",
+        "secret_key",
+        "jwt",
+        "jwt_secret_key",
+        "api_key",
+        "apikey",
+        "x_api_key",
+        "cookie",
+        "set_cookie",
+        "private_key",
+    }
+)
+SECRET_KEY_SUFFIXES = ("password", "_token", "_secret", "secret_key", "api_key", "_jwt")
+
+_SECRET_WORDS = "password|passwd|token|secret|secret_key|api[_-]?key|authorization|cookie|jwt"  # noqa: S105  # nosec B105 # names, not a secret
+# Masked inside any string (message, exception text, an extra's value):
+_VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # A JWT (or anything shaped like one): base64url JSON `{"...` then up to two more segments.
+    (re.compile(r"eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}"), REDACTED),
+    # An Authorization header value: `Bearer xyz`, `Basic xyz`.
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s\"',;]+"), r"\1\2" + REDACTED),
+    # `password=...` in a query string, `"token": "..."` / `'token': '...'` in a repr or JSON.
+    (
+        re.compile(
+            r"(?i)\b([A-Za-z0-9_-]*(?:" + _SECRET_WORDS + r"))"
+            r"([\"']?\s*[=:]\s*[\"']?)(?!\[REDACTED\]|(?:bearer|basic)\s)([^\s\"'&,;}\]]+)"
+        ),
+        r"\1\2" + REDACTED,
+    ),
+)
+# LogRecord attributes that are not context: formatting leftovers from other handlers.
+_NOISE = frozenset({"message", "asctime", "color_message", "taskName"})
+_FIRST = ("timestamp", "level", "logger", "event", "request_id")
+# Loggers kept at WARNING: werkzeug's access log would repeat ours in another format; alembic
+# narrates every plugin and migration step it loads.
+_QUIET = ("werkzeug", "alembic.runtime.plugins", "alembic.runtime.migration")
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
+def is_secret_key(key: object) -> bool:
+    """True for a key whose value must never be logged."""
+    if not isinstance(key, str):
+        return False
+    name = key.lower().replace("-", "_")
+    return name in SECRET_KEYS or name.endswith(SECRET_KEY_SUFFIXES)
+
+
+def mask_text(text: str) -> str:
+    """`text` with JWTs, Authorization credentials and `secret=value` pairs masked."""
+    for pattern, replacement in _VALUE_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact(value: Any) -> Any:
+    """A copy of `value` safe to log: secret keys blanked and secret-looking text masked."""
+    if isinstance(value, str):
+        return mask_text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {
+            str(key): REDACTED if is_secret_key(key) else redact(item)
+            for key, item in value.items()
         }
-        request_id = getattr(record, "request_id", None) or current_request_id()
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(item) for item in value]
+    # Anything else is rendered as text, so mask the text it renders as.
+    return mask_text(str(value))
+
+
+def _redact_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    return cast(EventDict, redact(event_dict))
+
+
+def _add_request_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    if not event_dict.get("request_id"):
+        request_id = current_request_id()
         if request_id:
-            line["request_id"] = request_id
-        for key, value in vars(record).items():
-            if key not in _STANDARD and key not in line and key.lower() not in _SECRET_KEYS:
-                line[key] = value
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+            event_dict["request_id"] = request_id
+        else:
+            event_dict.pop("request_id", None)
+    return event_dict
 
 
-def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stdout)
+def _add_task(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Inside a Celery task: its name and id (Celery's own TaskFormatter reads the same)."""
+    if "celery" not in sys.modules:  # the web and the CLI never pay for it
+        return event_dict
+    from celery import current_task
+
+    task = current_task
+    if task and task.request.id:
+        event_dict.setdefault("task_name", task.name)
+        event_dict.setdefault("task_id", task.request.id)
+    return event_dict
+
+
+def _drop_noise(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    for key in _NOISE & event_dict.keys():
+        del event_dict[key]
+    return event_dict
+
+
+def _order(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    ordered = {key: event_dict.pop(key) for key in _FIRST if key in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
+_timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp")
+
+# Applied to records from `logging` (everything but structlog's own loggers).
+_FOREIGN_PRE_CHAIN: list[Processor] = [
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.stdlib.ExtraAdder(),
+    _timestamper,
+]
+# Applied to every line, then rendered.
+_PROCESSORS: list[Processor] = [
+    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+    structlog.contextvars.merge_contextvars,
+    _add_request_id,
+    _add_task,
+    _drop_noise,
+    structlog.processors.format_exc_info,
+    _redact_event,  # last before rendering: nothing added after it escapes redaction
+    _order,
+    structlog.processors.JSONRenderer(sort_keys=False, default=str),
+]
+
+
+class JsonFormatter(structlog.stdlib.ProcessorFormatter):
+    """The one formatter: a `logging.Formatter`, so gunicorn's dictConfig can name it too."""
+
+    def __init__(self) -> None:
+        super().__init__(foreign_pre_chain=_FOREIGN_PRE_CHAIN, processors=_PROCESSORS)
+
+
+def json_handler(stream: IO[str] | None = None) -> logging.Handler:
+    """A handler writing one JSON line per record to `stream` (stdout by default)."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
     handler.setFormatter(JsonFormatter())
+    return handler
+
+
+def _configure_structlog() -> None:
+    """structlog's own loggers (`structlog.get_logger()`) go through the same handler."""
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            _timestamper,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def _quiet_libraries() -> None:
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def configure_logging(level: str | int = "INFO") -> None:
+    """Send every logger's records, as JSON lines, to stdout: the root logger's only handler.
+
+    Idempotent: the web factory, Celery's `setup_logging` signal and the CLI may each call it.
+    """
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # werkzeug's own access log would duplicate ours, in another format.
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    for noisy in ("alembic.runtime.plugins", "alembic.runtime.migration"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    root.handlers[:] = [json_handler()]
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    # gunicorn and Celery attach handlers of their own: let their records reach ours instead.
+    for name in ("gunicorn.error", "gunicorn.access", "celery", "celery.task"):
+        library = logging.getLogger(name)
+        library.handlers[:] = []
+        library.propagate = True
+    logging.captureWarnings(True)  # warnings too, as JSON lines (logger "py.warnings")
+    _configure_structlog()
+    _quiet_libraries()
+
+
+def gunicorn_logconfig_dict(level: str = "info") -> dict[str, Any]:
+    """gunicorn's `logconfig_dict`: its master's and workers' lines as our JSON, on stdout."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            }
+        },
+        "root": {"level": level.upper(), "handlers": ["json"]},
+        "loggers": {
+            "gunicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
+            # With a logconfig_dict gunicorn writes access lines; the app's own (app.access,
+            # with request id, route and duration) replaces them.
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+            **{name: {"level": "WARNING"} for name in _QUIET},
+        },
+    }

@@ -1,6 +1,7 @@
 """The request pipeline, in one place.
 
     request
+      -> metrics timer       app/core/metrics.py registers its hook first, so every answer is timed
       -> request id          _start: X-Request-ID (the client's when well-formed), timer
       -> request hygiene     _check_uri (414), _check_body (413, 415)
       -> auth (identify)     _identify: the bearer token's signature and expiry, no I/O; sets

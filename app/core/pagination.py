@@ -2,6 +2,9 @@
 
 Cursors are opaque and tamper-evident: Fernet (AES + HMAC) over the sort key of the last row
 and the list they belong to, so a client can neither forge a position nor read internal ids.
+
+`meta.total` is exact up to `PAGINATION_EXACT_COUNT_LIMIT` rows; above it, on PostgreSQL, it is
+the planner's row estimate and `meta.total_is_estimate` is true (see `_total`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -17,6 +21,9 @@ from typing import Any, Generic, TypeVar
 import marshmallow as ma
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
+from flask import current_app, has_app_context
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from app.core.errors import ValidationFailed
@@ -26,6 +33,9 @@ T = TypeVar("T")
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
 MAX_PAGE = 1_000_000
+DEFAULT_EXACT_COUNT_LIMIT = 100_000
+# Execution option: run the statement as `EXPLAIN (FORMAT JSON) <statement>` (see _explain_rows).
+_EXPLAIN_OPTION = "postboard_explain_json"
 CURSOR_MAX_LENGTH = 512
 _CURSOR_RE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -61,13 +71,20 @@ class PageParams:
     per_page: int = DEFAULT_PER_PAGE
     page: int | None = None
     cursor: str | None = None
+    # Lists longer than this report an estimated total (PostgreSQL only); 0 = always count.
+    exact_count_limit: int = DEFAULT_EXACT_COUNT_LIMIT
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> PageParams:
+        """From the parsed query string; the count limit from the app's config when there is one."""
+        limit = DEFAULT_EXACT_COUNT_LIMIT
+        if has_app_context():
+            limit = current_app.config.get("PAGINATION_EXACT_COUNT_LIMIT", limit)
         return cls(
             per_page=args.get("per_page", DEFAULT_PER_PAGE),
             page=args.get("page"),
             cursor=args.get("cursor"),
+            exact_count_limit=limit,
         )
 
 
@@ -139,16 +156,19 @@ def paginate(
     codec: CursorCodec,
     scope: str,
     count_stmt: sa.Select[Any] | None = None,
+    total: Callable[[], tuple[int, bool]] | None = None,
 ) -> Page[Any]:
     """Run `stmt` (a select of one entity) as one page, newest first on `sort_columns`.
 
-    Offset mode adds one COUNT query; keyset mode does not count and costs the same at any depth.
-    Both fetch one extra row to learn whether there is a next page.
+    Offset mode adds the total (see `_total`; or `total()` when given: `(total, is_estimate)`
+    from elsewhere, e.g. a cache in front of `count_total`); keyset mode does not count and
+    costs the same at any depth. Both fetch one extra row to learn whether there is a next page.
     """
     created_col, id_col = sort_columns
     ordered = stmt.order_by(created_col.desc(), id_col.desc())
     per_page = params.per_page
-    total: int | None = None
+    page_total: int | None = None
+    estimated = False
     if params.cursor is not None:
         created_at, row_id = codec.decode(scope, params.cursor)
         position = sa.tuple_(
@@ -160,13 +180,77 @@ def paginate(
     else:
         page_no = params.page or 1
         rows = list(session.scalars(ordered.limit(per_page + 1).offset((page_no - 1) * per_page)))
-        base = count_stmt if count_stmt is not None else stmt
-        total = session.scalar(
-            sa.select(sa.func.count()).select_from(base.order_by(None).subquery())
-        )
+        if total is not None:
+            page_total, estimated = total()
+        else:
+            base = count_stmt if count_stmt is not None else stmt
+            page_total, estimated = count_total(session, base, params.exact_count_limit)
     items = rows[:per_page]
     next_cursor = None
     if len(rows) > per_page:
         last = items[-1]
         next_cursor = codec.encode(scope, last.created_at, last.id)
-    return Page(items=items, per_page=per_page, next_cursor=next_cursor, page=page_no, total=total)
+    return Page(
+        items=items,
+        per_page=per_page,
+        next_cursor=next_cursor,
+        page=page_no,
+        total=page_total,
+        total_is_estimate=estimated,
+    )
+
+
+def count_total(session: Session, base: sa.Select[Any], limit: int) -> tuple[int, bool]:
+    """`(total, is_estimate)` of the rows `base` selects, as offset pages report it (`_total`)."""
+    return _total(session, base.order_by(None), limit)
+
+
+def _total(session: Session, base: sa.Select[Any], limit: int) -> tuple[int, bool]:
+    """`(total, is_estimate)` of the rows `base` selects.
+
+    On PostgreSQL with a limit: first the planner's row estimate for `base` (EXPLAIN, no rows
+    read: pg_class.reltuples scaled to the table's current size, times the selectivity of the
+    list's filters from pg_statistic, so it is right for a filtered list such as one user's or
+    the published posts, where the whole table's reltuples would not be). Above the limit, that
+    estimate is the answer. Otherwise a count capped at limit + 1 rows: exact for every list up
+    to the limit, and never more than limit + 1 index entries read when the planner
+    underestimated (then the answer is an estimate again: at least limit + 1). So a total costs
+    at most one planning pass plus `limit` rows, whatever the table's size. SQLite, or limit 0:
+    always the exact count.
+    """
+    if limit <= 0 or session.get_bind().dialect.name != "postgresql":
+        return _count(session, base), False
+    planned = _explain_rows(session, base)
+    if planned > limit:
+        return planned, True
+    capped = _count(session, base.limit(limit + 1))
+    if capped > limit:
+        return max(planned, capped), True
+    return capped, False
+
+
+def _count(session: Session, base: sa.Select[Any]) -> int:
+    return session.scalar(sa.select(sa.func.count()).select_from(base.subquery())) or 0
+
+
+def _explain_rows(session: Session, base: sa.Select[Any]) -> int:
+    """The planner's estimate of how many rows `base` returns (PostgreSQL), without running it.
+
+    Executed through the session like any query, so the ORM applies the same criteria (the
+    soft-delete filter) as the real count would; the listener below turns the statement it
+    sends into `EXPLAIN (FORMAT JSON) ...` and the one row back is the plan.
+    """
+    probe: sa.Select[Any] = sa.select(sa.literal_column("1")).select_from(base.subquery())
+    plan = session.execute(probe, execution_options={_EXPLAIN_OPTION: True}).scalar_one()
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return round(plan[0]["Plan"]["Plan Rows"])
+
+
+@event.listens_for(Engine, "before_cursor_execute", retval=True)
+def _explain_when_asked(
+    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> tuple[str, Any]:
+    if context is not None and context.execution_options.get(_EXPLAIN_OPTION):
+        statement = "EXPLAIN (FORMAT JSON) " + statement
+    return statement, parameters

@@ -83,7 +83,11 @@ class PageMetaSchema(ma.Schema):
     per_page = ma.fields.Integer(required=True)
     total = ma.fields.Integer(metadata={"description": "Offset mode only."})
     total_is_estimate = ma.fields.Boolean(
-        metadata={"description": "Present and true when `total` is the planner's estimate."}
+        metadata={
+            "description": "Offset mode only. Present, and true, only when `total` is an "
+            "estimate (the database planner's, for lists above the server's exact-count limit); "
+            "absent when `total` is exact."
+        }
     )
     next_cursor = ma.fields.String(
         allow_none=True,

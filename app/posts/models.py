@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.core.db import Base, PublicEntityMixin, UTCDateTime
+from app.posts.slugs import SLUG_MAX
 from app.users.models import User
 
 TITLE_MAX = 200
@@ -23,6 +24,9 @@ class Post(PublicEntityMixin, Base):
     body: Mapped[str] = mapped_column(sa.Text, default="")
     status: Mapped[str] = mapped_column(sa.String(16), default="draft")
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Set on create and never changed (app/posts/slugs.py). NOT NULL from migration 0005; typed
+    # Optional because between 0003 (expand) and 0005 (contract) old rows may still hold NULL.
+    slug: Mapped[str | None] = mapped_column(sa.String(SLUG_MAX), nullable=False)
 
     # `raise` makes an accidental lazy load (an N+1) an error instead of a slow page.
     author: Mapped[User] = relationship(lazy="raise", innerjoin=True)
@@ -37,6 +41,8 @@ class Post(PublicEntityMixin, Base):
             sqlite_where=sa.text("deleted_at IS NULL AND status = 'published'"),
             postgresql_where=sa.text("deleted_at IS NULL AND status = 'published'"),
         ),
+        # GET /api/posts/by-slug/{slug}; unique from migration 0003 on (NULLs never collide).
+        sa.Index("uq_posts_slug", "slug", unique=True),
         # GET /api/users/{id}/posts, and the author's posts on user deletion.
         sa.Index(
             "ix_posts_author_created",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, contains_eager
 
-from app.core.pagination import CursorCodec, Page, PageParams, paginate
+from app.core.pagination import CursorCodec, Page, PageParams, count_total, paginate
 from app.posts.models import Post
 from app.users.models import User
 
@@ -28,6 +30,10 @@ class PostRepository:
     def get(self, public_id: uuid.UUID) -> Post | None:
         return self.session.scalar(self._with_author().where(Post.public_id == public_id))
 
+    def public_id_by_slug(self, slug: str) -> uuid.UUID | None:
+        """The public id of the live post with this slug (one lookup on uq_posts_slug)."""
+        return self.session.scalar(sa.select(Post.public_id).where(Post.slug == slug))
+
     def add(self, post: Post) -> Post:
         self.session.add(post)
         return post
@@ -46,13 +52,20 @@ class PostRepository:
         )
 
     def page_by_author(
-        self, author: User, params: PageParams, codec: CursorCodec, *, include_drafts: bool
+        self,
+        author: User,
+        params: PageParams,
+        codec: CursorCodec,
+        *,
+        include_drafts: bool,
+        total: Callable[[], tuple[int, bool]] | None = None,
     ) -> Page[Post]:
+        """One page of an author's live posts (drafts too if asked); `total` overrides the count
+        (the service serves it from the cache, see `count_by_author`)."""
         stmt = self._with_author().where(Post.author_id == author.id)
-        count = sa.select(Post.id).where(Post.author_id == author.id)
         if not include_drafts:
             stmt = stmt.where(Post.status == "published")
-            count = count.where(Post.status == "published")
+        count = self._by_author_count(author.id, include_drafts=include_drafts)
         return paginate(
             self.session,
             stmt,
@@ -61,7 +74,22 @@ class PostRepository:
             codec=codec,
             scope=f"user-posts:{author.public_id}:{int(include_drafts)}",
             count_stmt=count,
+            total=total,
         )
+
+    @staticmethod
+    def _by_author_count(author_id: int, *, include_drafts: bool) -> sa.Select[Any]:
+        count = sa.select(Post.id).where(Post.author_id == author_id)
+        if not include_drafts:
+            count = count.where(Post.status == "published")
+        return count
+
+    def count_by_author(
+        self, author_id: int, *, include_drafts: bool, exact_count_limit: int
+    ) -> tuple[int, bool]:
+        """`(total, is_estimate)` of `page_by_author`'s list, exactly as its offset pages count."""
+        base = self._by_author_count(author_id, include_drafts=include_drafts)
+        return count_total(self.session, base, exact_count_limit)
 
     def soft_delete_by_author(self, author_id: int, when: datetime) -> list[tuple[uuid.UUID, int]]:
         """Hide every live post of an author; returns (public_id, new version) of each."""

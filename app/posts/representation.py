@@ -12,6 +12,7 @@ def public_post(post: Post) -> dict[str, Any]:
         "id": str(post.public_id),
         "author_id": str(post.author.public_id),
         "title": post.title,
+        "slug": post.slug,
         "body": post.body,
         "status": post.status,
         "published_at": post.published_at.isoformat() if post.published_at else None,

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import url_for
 from flask.views import MethodView
+from werkzeug.routing import BaseConverter, ValidationError
 
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
 from app.core.api import ApiBlueprint, errors_doc, link, operation
@@ -14,7 +15,7 @@ from app.core.cache import app_cache
 from app.core.http import cursor_codec, if_match, listing, page_params, single, single_json
 from app.core.idempotency import idempotent
 from app.core.pagination import PageArgsSchema
-from app.extensions import db
+from app.extensions import api, db
 from app.posts.models import Post
 from app.posts.schemas import (
     PostCreateSchema,
@@ -25,13 +26,40 @@ from app.posts.schemas import (
     post_view,
 )
 from app.posts.service import PostService
+from app.posts.slugs import SLUG_MAX, SLUG_MIN, SLUG_REGEX, is_well_formed
 
 blp = ApiBlueprint("posts", __name__, url_prefix="/api", description="Posts.")
+
+
+class SlugConverter(BaseConverter):
+    """`<slug:...>`: a well-formed slug, else the route does not match (404, like a bad uuid)."""
+
+    regex = SLUG_REGEX
+
+    def to_python(self, value: str) -> str:
+        if not is_well_formed(value):  # the regex cannot bound the length
+            raise ValidationError()
+        return value
+
+
+# The converter must be on the app's url_map before this blueprint's rules are bound (deferred
+# functions run in order), and the OpenAPI document publishes exactly what it accepts.
+blp.record(lambda state: state.app.url_map.converters.setdefault("slug", SlugConverter))
+api.register_converter(
+    SlugConverter,
+    lambda _converter: {
+        "type": "string",
+        "pattern": f"^{SLUG_REGEX}$",
+        "minLength": SLUG_MIN,
+        "maxLength": SLUG_MAX,
+    },
+)
 
 WRITE_ERRORS = (400, 401, 403, 404, 412, 413, 415)
 POST_ID = "$response.body#/data/id"
 POST_LINKS = {
     "GetPost": link("getPost", post_id=POST_ID),
+    "GetPostBySlug": link("getPostBySlug", slug="$response.body#/data/slug"),
     "PatchPost": link("patchPost", post_id=POST_ID),
     "ReplacePost": link("replacePost", post_id=POST_ID),
     "DeletePost": link("deletePost", post_id=POST_ID),
@@ -125,3 +153,15 @@ class PostItem(MethodView):
         """Soft-delete a post."""
         service().delete(post_id, actor=require_principal(), if_match=if_match())
         return ""
+
+
+@blp.route("/posts/by-slug/<slug:slug>")
+class PostBySlug(MethodView):
+    @blp.response(200, PostEnvelopeSchema)
+    @operation(blp, "getPostBySlug", security=OPTIONAL_AUTH, conditional="read")
+    @errors_doc(blp, 401, 404)
+    @authenticated(optional=True)
+    def get(self, slug: str) -> Any:
+        """Get a post by its slug: the same answer, ETag and visibility as by its id."""
+        snapshot = service().read_by_slug(slug, viewer=current_principal())
+        return single_json(snapshot.public, snapshot.version)

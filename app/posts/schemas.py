@@ -9,6 +9,7 @@ from marshmallow import validate as v
 
 from app.core.schemas import StrictSchema, Text, envelope_schema
 from app.posts.models import BODY_MAX, STATUSES, TITLE_MAX, Post
+from app.posts.slugs import SLUG_MAX, SLUG_MIN, SLUG_REGEX
 
 
 def _title(**kw: Any) -> Text:
@@ -51,6 +52,19 @@ class PostSchema(ma.Schema):
     id = ma.fields.UUID(required=True)
     author_id = ma.fields.UUID(required=True)
     title = ma.fields.String(required=True)
+    slug = ma.fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Permalink key for GET /api/posts/by-slug/{slug}: the title's words "
+            "when the post was created, then its id; never changes. null only for a post "
+            "written before slugs existed, until the backfill has reached it.",
+            "pattern": f"^{SLUG_REGEX}$",
+            "minLength": SLUG_MIN,
+            "maxLength": SLUG_MAX,
+            "example": "hello-world-b45jy3snfnhivgy4lv7c7ctlhq",
+        },
+    )
     body = ma.fields.String(required=True)
     status = ma.fields.String(required=True, validate=v.OneOf(STATUSES))
     published_at = ma.fields.AwareDateTime(required=True, allow_none=True)
@@ -68,6 +82,7 @@ def post_view(post: Post) -> dict[str, Any]:
         "id": post.public_id,
         "author_id": post.author.public_id,
         "title": post.title,
+        "slug": post.slug,
         "body": post.body,
         "status": post.status,
         "published_at": post.published_at,

@@ -18,6 +18,7 @@ from app.core.security import CurrentUser, Principal, passwords
 from app.core.tasks import enqueue
 from app.core.uow import UnitOfWork
 from app.posts.repository import PostRepository
+from app.posts.service import USER_POSTS_GEN
 from app.users.models import User
 from app.users.repository import UserRepository
 from app.users.representation import public_user
@@ -215,6 +216,8 @@ class UserService:
             pid, version = user.public_id, user.version
             uow.after_commit(lambda: self.cache.invalidate(USER_KIND, [(pid, version)]))
             uow.after_commit(lambda: self.cache.invalidate(POST_KIND, gone))
+            # Their post counts: a new generation (no write-through: the list is a 404 now).
+            uow.after_commit(lambda: self.cache.bump(USER_POSTS_GEN, [pid]))
 
     # Helpers ---------------------------------------------------------------------------------
 

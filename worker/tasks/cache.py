@@ -74,3 +74,15 @@ def warm_cache(limit: int | None = None) -> dict[str, int]:
         db.session.remove()
         if lock is not None:
             lock.release()
+
+
+@cache_task("cache.refresh_user_post_counts")
+def refresh_user_post_counts(public_id: str) -> bool:
+    """Write a user's post counts through under the current generation (refused if a newer write
+    bumped it meanwhile: that write's own task follows)."""
+    try:
+        service = PostService(db.session(), codec=_codec(), cache=app_cache())
+        limit = int(current_app.config["PAGINATION_EXACT_COUNT_LIMIT"])
+        return service.refresh_post_counts(uuid.UUID(public_id), limit=limit)
+    finally:
+        db.session.remove()

@@ -1,0 +1,388 @@
+"""Prometheus metrics: what they are, how requests feed them, and how `/metrics` renders them.
+
+Plain `prometheus_client` (not prometheus-flask-exporter): its exporter registers its own
+undocumented `/metrics` route and its metrics on the global registry (many apps in one test
+session collide on "Duplicated timeseries"), and we need three things it does not do: a token,
+a scrape-time collector that reads the Celery broker, and the Celery workers' metric files merged
+into the same answer. The multiprocess wiring it would save is a dozen lines here and in
+`gunicorn.conf.py`.
+
+Two modes, chosen by the environment before Python starts (prometheus_client reads it at import):
+
+- `PROMETHEUS_MULTIPROC_DIR` set (gunicorn, Celery workers): every process writes its samples to
+  files in that directory and a scrape merges the files of every process, so whichever gunicorn
+  worker answers, the numbers are the totals. The web also merges the Celery workers' directory
+  (`CELERY_METRICS_DIR`, searched recursively) so task metrics come out of the same endpoint.
+- not set (tests, `flask` CLI, `flask run`): the metrics live in this process and a scrape reads
+  them directly.
+
+Every metric carries labels, so no sample (and no file) exists before the first observation:
+a directory can be emptied at start-up after this module is imported. No gauge is written by
+processes (the queue depths are read from the broker at scrape time), so no multiprocess_mode
+is involved.
+"""
+
+from __future__ import annotations
+
+import glob
+import hmac
+import os
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the Prometheus text format every scraper reads
+UNMATCHED_ROUTE = "<unmatched>"  # 404 and 405: a raw path never becomes a label value
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+DEFAULT_QUEUE = "celery"
+BROKER_TIMEOUT_SECONDS = 1.0  # a scrape never waits longer than this for the broker
+
+# `_created` series are exported in single-process mode only: off, so both modes look alike.
+disable_created_metrics()
+
+HTTP_REQUESTS = Counter(
+    "postboard_http_requests",
+    "HTTP requests answered, by method, route template and status.",
+    ["method", "route", "status"],
+    registry=None,
+)
+HTTP_LATENCY = Histogram(
+    "postboard_http_request_duration_seconds",
+    "Time from the request reaching Flask to its response, by method, route template and status.",
+    ["method", "route", "status"],
+    registry=None,
+)
+RATE_LIMITED = Counter(
+    "postboard_rate_limited",
+    "Requests refused with 429 by the rate limiter, by method and route template.",
+    ["method", "route"],
+    registry=None,
+)
+CACHE_HITS = Counter(
+    "postboard_cache_hits",
+    "Cache reads answered from the cache, by kind (user, post).",
+    ["kind"],
+    registry=None,
+)
+CACHE_MISSES = Counter(
+    "postboard_cache_misses",
+    "Cache reads that went to the database (absent, invalidated, or cache unreachable), by kind.",
+    ["kind"],
+    registry=None,
+)
+CELERY_TASKS = Counter(
+    "postboard_celery_tasks",
+    "Celery task executions by task name and outcome (succeeded, failed, retried).",
+    ["task", "outcome"],
+    registry=None,
+)
+CELERY_TASK_DURATION = Histogram(
+    "postboard_celery_task_duration_seconds",
+    "Run time of each Celery task execution (every attempt), by task name.",
+    ["task"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    registry=None,
+)
+PROCESS_METRICS = (
+    HTTP_REQUESTS,
+    HTTP_LATENCY,
+    RATE_LIMITED,
+    CACHE_HITS,
+    CACHE_MISSES,
+    CELERY_TASKS,
+    CELERY_TASK_DURATION,
+)
+
+
+def multiprocess_dir() -> str | None:
+    """The directory this process writes its samples to, or None in single-process mode."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def clean_multiprocess_dir(path: str) -> int:
+    """Create `path` if missing and delete the sample files a previous run left; returns how many.
+
+    Call it before any process of the new run writes (gunicorn's master before forking, the
+    Celery worker's main process before its pool starts).
+    """
+    os.makedirs(path, exist_ok=True)
+    removed = 0
+    for name in glob.glob(os.path.join(path, "*.db")):
+        try:
+            os.remove(name)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+# --- Recording ----------------------------------------------------------------------------------
+
+
+def record_cache_read(kind: str, *, hit: bool) -> None:
+    (CACHE_HITS if hit else CACHE_MISSES).labels(kind=kind).inc()
+
+
+def init_metrics(app: Flask) -> None:
+    """Instrument every request of `app` (the `/metrics` route itself is in app/ops/routes.py).
+
+    The hooks are put first in Flask's lists: the timer starts before any other before_request
+    hook (a 413 or 429 raised there is still timed), and the recorder runs after every other
+    after_request hook, so it sees the final status.
+    """
+    if (directory := multiprocess_dir()) is not None:
+        os.makedirs(directory, exist_ok=True)  # prometheus_client writes there from now on
+    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
+    app.after_request_funcs.setdefault(None, []).insert(0, _record_request)
+    _document_security_scheme(app)
+
+
+def _start_timer() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _record_request(response: Response) -> Response:
+    rule = request.url_rule
+    route = rule.rule if rule is not None else UNMATCHED_ROUTE
+    method = request.method if request.method in KNOWN_METHODS else "OTHER"
+    status = str(response.status_code)
+    HTTP_REQUESTS.labels(method, route, status).inc()
+    started = g.get("metrics_started")
+    if started is not None:
+        HTTP_LATENCY.labels(method, route, status).observe(time.perf_counter() - started)
+    if response.status_code == 429:
+        RATE_LIMITED.labels(method, route).inc()
+    return response
+
+
+def _document_security_scheme(app: Flask) -> None:
+    """The `metricsToken` scheme the /metrics operation names in the OpenAPI document."""
+    from app.extensions import api
+
+    spec = api.spec
+    if spec is not None and "metricsToken" not in spec.components.security_schemes:
+        spec.components.security_scheme(
+            "metricsToken",
+            {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The METRICS_TOKEN configured on the server (when one is).",
+            },
+        )
+
+
+# --- Scraping -----------------------------------------------------------------------------------
+
+
+class ScrapeRefused(Exception):
+    """The scrape did not carry the configured metrics token (`reason` says how)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def authorize_scrape(authorization: str | None, token: str | None) -> None:
+    """Raise ScrapeRefused unless `token` is unset or `authorization` is `Bearer <token>`."""
+    if not token:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise ScrapeRefused("missing")
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise ScrapeRefused("invalid")
+
+
+def render(config: dict[str, Any]) -> tuple[bytes, str]:
+    """The exposition body and its content type, for this app's settings."""
+    return generate_latest(build_registry(config)), CONTENT_TYPE
+
+
+def build_registry(config: dict[str, Any]) -> CollectorRegistry:
+    """A fresh registry for one scrape: never the global one, so nothing leaks between apps."""
+    registry = CollectorRegistry()
+    web_dir = multiprocess_dir()
+    if web_dir is not None:
+        registry.register(FilesCollector(web_dir, _celery_dirs(config)))
+    else:
+        for metric in PROCESS_METRICS:
+            registry.register(metric)
+    registry.register(QueueDepthCollector(str(config.get("CELERY_BROKER_URL") or "")))
+    return registry
+
+
+def _celery_dirs(config: dict[str, Any]) -> list[str]:
+    value = config.get("CELERY_METRICS_DIR") or []
+    return [value] if isinstance(value, str) else [str(v) for v in value if v]
+
+
+class FilesCollector:
+    """Every process' sample files, merged: this host's gunicorn workers (dead ones included, so
+    counters never drop when a worker is replaced) and the Celery workers' directories.
+
+    One merge over all files (not one MultiProcessCollector per directory), so a metric that
+    several directories hold, such as the cache counters, comes out once, summed.
+    """
+
+    def __init__(self, web_dir: str, celery_dirs: Iterable[str] = ()) -> None:
+        self.web_dir = web_dir
+        self.celery_dirs = list(celery_dirs)
+
+    def files(self) -> list[str]:
+        found = {os.path.realpath(f) for f in glob.glob(os.path.join(self.web_dir, "*.db"))}
+        for directory in self.celery_dirs:
+            pattern = os.path.join(directory, "**", "*.db")
+            found.update(os.path.realpath(f) for f in glob.glob(pattern, recursive=True))
+        return sorted(found)
+
+    def collect(self) -> Iterable[Metric]:
+        for _attempt in range(3):
+            try:
+                return MultiProcessCollector.merge(self.files(), accumulate=True)
+            except FileNotFoundError:  # a directory was being emptied (a restart): read again
+                continue
+        return []
+
+
+# --- Celery queue depth -------------------------------------------------------------------------
+
+
+class BrokerUnavailable(Exception):
+    pass
+
+
+class QueueDepthCollector:
+    """Messages waiting in each Celery queue, read from the broker at scrape time.
+
+    Redis: the length of each queue's list, priority sub-queues included; the queues are the
+    default one plus every queue kombu has declared (its `_kombu.binding.*` sets). The embedded
+    SQLAlchemy broker: undelivered `kombu_message` rows per declared queue. A broker that does
+    not answer within BROKER_TIMEOUT_SECONDS gives `postboard_celery_broker_up 0` and no depth
+    series (absent rather than a made-up number); other brokers give neither.
+    """
+
+    def __init__(self, broker_url: str) -> None:
+        self.broker_url = broker_url
+
+    def collect(self) -> Iterator[Metric]:
+        reader = _depth_reader(self.broker_url)
+        if reader is None:
+            return
+        up = GaugeMetricFamily(
+            "postboard_celery_broker_up",
+            "1 when the Celery broker answered the last queue-depth read, else 0.",
+        )
+        try:
+            depths = reader(self.broker_url)
+        except Exception:  # any broker failure: the scrape still answers
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        depth = GaugeMetricFamily(
+            "postboard_celery_queue_depth",
+            "Messages waiting in a Celery queue (not yet delivered to a worker), by queue.",
+            labels=["queue"],
+        )
+        for queue, count in sorted(depths.items()):
+            depth.add_metric([queue], count)
+        yield depth
+
+
+def _depth_reader(broker_url: str) -> Any:
+    if broker_url.startswith(("redis://", "rediss://")):
+        return redis_queue_depths
+    if broker_url.startswith("sqla+"):
+        return sqla_queue_depths
+    return None
+
+
+REDIS_SEP = "\x06\x16"  # kombu's separator in binding members and priority queue names
+REDIS_PRIORITY_STEPS = (0, 3, 6, 9)  # kombu's default priority_steps
+_TRANSIENT_QUEUE_SUFFIXES = (".pidbox",)  # remote-control mailboxes, not work queues
+_TRANSIENT_QUEUE_PREFIXES = ("celeryev.",)  # event receivers
+
+
+def _is_work_queue(name: str) -> bool:
+    return not name.endswith(_TRANSIENT_QUEUE_SUFFIXES) and not name.startswith(
+        _TRANSIENT_QUEUE_PREFIXES
+    )
+
+
+def redis_queue_depths(broker_url: str) -> dict[str, int]:
+    """{queue: waiting messages} on a Redis broker."""
+    from app.core.redis_client import get_redis
+
+    client = get_redis(broker_url)  # short socket timeouts
+    if client is None:
+        raise BrokerUnavailable("no broker URL")
+    deadline = time.monotonic() + BROKER_TIMEOUT_SECONDS
+    queues = {DEFAULT_QUEUE}
+    for key in client.scan_iter(match="_kombu.binding.*", count=500):
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable("queue discovery took too long")
+        for member in client.smembers(key):
+            text = member.decode() if isinstance(member, bytes) else str(member)
+            queue = text.split(REDIS_SEP)[-1]
+            if queue and _is_work_queue(queue):
+                queues.add(queue)
+    ordered = sorted(queues)
+    pipe = client.pipeline(transaction=False)
+    for queue in ordered:
+        for step in REDIS_PRIORITY_STEPS:
+            pipe.llen(f"{queue}{REDIS_SEP}{step}" if step else queue)
+    lengths = pipe.execute()
+    steps = len(REDIS_PRIORITY_STEPS)
+    return {
+        queue: int(sum(lengths[i * steps : (i + 1) * steps])) for i, queue in enumerate(ordered)
+    }
+
+
+_engines: dict[str, Any] = {}
+
+
+def sqla_queue_depths(broker_url: str) -> dict[str, int]:
+    """{queue: undelivered messages} on kombu's SQLAlchemy broker (`sqla+<database url>`)."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    url = broker_url.removeprefix("sqla+")
+    depths = {DEFAULT_QUEUE: 0}
+    database = sa.engine.make_url(url).database
+    if url.startswith("sqlite") and database and not os.path.exists(database):
+        return depths  # not created yet (nothing published); a scrape must not create it
+    engine = _engines.get(url)
+    if engine is None:
+        if url.startswith("sqlite"):
+            connect_args: dict[str, Any] = {"timeout": BROKER_TIMEOUT_SECONDS}
+        elif url.startswith("postgresql"):
+            connect_args = {"connect_timeout": max(1, int(BROKER_TIMEOUT_SECONDS))}
+        else:
+            connect_args = {}
+        # NullPool: no connection (or SQLite file lock) is held between scrapes.
+        engine = _engines[url] = sa.create_engine(
+            url, poolclass=NullPool, connect_args=connect_args
+        )
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("kombu_queue"):
+            return depths  # no worker or producer has used this broker yet
+        rows = conn.execute(
+            sa.text(
+                "SELECT q.name, COUNT(m.id) FROM kombu_queue q "
+                "LEFT JOIN kombu_message m ON m.queue_id = q.id AND m.visible = :visible "
+                "GROUP BY q.name"
+            ),
+            {"visible": True},
+        )
+        for name, count in rows:
+            if _is_work_queue(str(name)):
+                depths[str(name)] = int(count)
+    return depths
