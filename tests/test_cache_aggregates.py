@@ -65,14 +65,21 @@ def generation(user_id: str, *, redis_url: str | None = None) -> bytes | None:
     return raw_entry(USER_POSTS_GEN, user_id, **kwargs)
 
 
+# The default PAGINATION_EXACT_COUNT_LIMIT: every count here is under it.
+EXACT_COUNT_LIMIT = 100_000
+
+
 def cached_count(user_id: str, part: str, *, redis_url: str | None = None) -> dict | None:
-    """The count entry if it is valid (stored under the current generation), else None."""
+    """The count entry if it is valid (stored under the current generation), else None; the
+    exact-count limit it was counted under is checked, then left out."""
     kwargs = {"redis_url": redis_url} if redis_url else {}
     stored = entry(USER_POST_COUNT_KIND, f"{user_id}:{part}", **kwargs)
     current = generation(user_id, **kwargs)
     if stored is None or current is None or stored["g"] != current.decode():
         return None
-    return stored["d"]
+    data = dict(stored["d"])
+    assert data.pop("limit") == EXACT_COUNT_LIMIT
+    return data
 
 
 def hide_all_posts_behind_the_apps_back(app: Flask) -> None:

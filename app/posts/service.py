@@ -112,7 +112,8 @@ class PostService:
         entry, generation = self.cache.read_aggregate(
             USER_POSTS_GEN, USER_POST_COUNT_KIND, author.public_id, part
         )
-        if entry is not None:
+        # Served only if counted under the same exact-count limit (a config change recounts).
+        if entry is not None and entry["d"].get("limit") == limit:
             return int(entry["d"]["total"]), bool(entry["d"]["estimate"])
         total, estimate = self.posts.count_by_author(
             author.id, include_drafts=include_drafts, exact_count_limit=limit
@@ -123,7 +124,7 @@ class PostService:
                 USER_POST_COUNT_KIND,
                 author.public_id,
                 generation,
-                {part: {"total": total, "estimate": estimate}},
+                {part: {"total": total, "estimate": estimate, "limit": limit}},
             )
         return total, estimate
 
@@ -139,7 +140,7 @@ class PostService:
             total, estimate = self.posts.count_by_author(
                 author.id, include_drafts=part == ALL, exact_count_limit=limit
             )
-            parts[part] = {"total": total, "estimate": estimate}
+            parts[part] = {"total": total, "estimate": estimate, "limit": limit}
         return self.cache.fill_aggregate(
             USER_POSTS_GEN, USER_POST_COUNT_KIND, author_public_id, generation, parts
         )
