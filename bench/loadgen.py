@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import shutil
 import statistics
@@ -104,7 +105,8 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-WRK = shutil.which("wrk")
+# BENCH_LOADGEN=python forces the Python client (to compare the two).
+WRK = None if os.environ.get("BENCH_LOADGEN") == "python" else shutil.which("wrk")
 
 # wrk's Lua side: a random path from a file per request; the summary as one JSON line.
 _WRK_SCRIPT = """
