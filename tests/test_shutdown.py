@@ -33,9 +33,9 @@ from flask import Flask
 from app import create_app
 from app.extensions import db
 from app.users.models import User
-from tests.conftest import CACHE_DIR, ON_POSTGRES, REDIS_URL, test_config, unique
+from tests.conftest import ON_POSTGRES, REDIS_URL, test_config, unique
 from tests.live import Http, live_server
-from tests.test_cache_workers import Worker, broker_settings, wait_for
+from tests.test_cache_workers import Worker, _sleep_marks, broker_settings, wait_for
 
 # One argon2 hash costs about two seconds at this setting (0.8 s per 1000 on an idle core of
 # the build machine): long enough to be in flight when SIGTERM is sent.
@@ -271,22 +271,6 @@ def test_sigterm_closes_the_workers_database_and_redis_connections(
 
 
 # Celery -----------------------------------------------------------------------------------------
-
-
-def _sleep_marks(token: str) -> tuple[int, str | None]:
-    """(runs started, the worker that completed it), as worker.sleep records them."""
-    key = f"postboard:test:sleep:{token}"
-    if REDIS_URL:
-        client = redis.Redis.from_url(REDIS_URL)
-        try:
-            runs, done = client.get(f"{key}:runs"), client.get(key)
-        finally:
-            client.close()
-        return int(runs or 0), done.decode() if done else None
-    import diskcache
-
-    with diskcache.Cache(CACHE_DIR) as disk:
-        return int(disk.get(f"{key}:runs") or 0), disk.get(key)
 
 
 def test_sigterm_mid_task_finishes_it_exits_zero_and_loses_nothing(
