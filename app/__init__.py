@@ -33,6 +33,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_metrics(app)
     register_errorhandlers(app)
     register_commands(app)
+    register_wsgi_middleware(app)
     return app
 
 
@@ -64,11 +65,6 @@ def register_extensions(app: Flask) -> None:
         },
     )
     passwords.configure(app.config["ARGON2_TIME_COST"], app.config["ARGON2_MEMORY_COST_KIB"])
-    if app.config["TRUSTED_PROXY_COUNT"] > 0:
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
-        hops = app.config["TRUSTED_PROXY_COUNT"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     register_middleware(app)
     register_swagger_ui(app)
     db.init_app(app)
@@ -79,6 +75,21 @@ def register_extensions(app: Flask) -> None:
     jwt.init_app(app)
     register_jwt_callbacks(app)
     api.init_app(app)
+
+
+def register_wsgi_middleware(app: Flask) -> None:
+    """Around Flask, innermost first: the fast lane for cached reads, then ProxyFix (so the lane
+    sees the client address ProxyFix derives)."""
+    from app.core.fast_reads import FastReads
+    from app.posts.routes import FAST_READS as POST_READS
+    from app.users.routes import FAST_READS as USER_READS
+
+    app.wsgi_app = FastReads(app, app.wsgi_app, [*USER_READS, *POST_READS])  # type: ignore[method-assign]
+    if app.config["TRUSTED_PROXY_COUNT"] > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
 
 def register_http_security(app: Flask) -> None:

@@ -83,8 +83,11 @@ def load_config(env_name: str | None = None, overrides: dict[str, Any] | None = 
         "RATELIMIT_AUTHENTICATED": env.str("RATELIMIT_AUTHENTICATED", "1200/minute"),
         "RATELIMIT_LOGIN": env.str("RATELIMIT_LOGIN", "10/minute"),
         "RATELIMIT_REGISTER": env.str("RATELIMIT_REGISTER", "20/hour"),
-        # moving-window (exact sliding log) or sliding-window-counter (approximate, cheaper)
-        "RATELIMIT_STRATEGY": env.str("RATELIMIT_STRATEGY", "moving-window"),
+        # sliding-window-counter (weighted previous + current window: O(1) per caller) or
+        # moving-window (an exact log: one Redis list entry per request, scanned on each)
+        "RATELIMIT_STRATEGY": env.str("RATELIMIT_STRATEGY", "sliding-window-counter"),
+        # Anonymous cached reads answered in one Redis round trip (app/core/fast_reads.py).
+        "FAST_READS_ENABLED": env.bool("FAST_READS_ENABLED", True),
         # How many proxies in front of us append to X-Forwarded-For; 0 = trust none (default).
         "TRUSTED_PROXY_COUNT": env.int("TRUSTED_PROXY_COUNT", 0),
         # Idempotency-Key (app/core/idempotency.py): how long a completed key replays its first

@@ -115,6 +115,12 @@ def cache_key(kind: str, public_id: object) -> str:
     return f"{PREFIX}:{SCHEMA}:{kind}:{public_id}"
 
 
+def decode_entry(raw: bytes | None) -> dict[str, Any] | None:
+    """A stored entry `{"v": version, "d": data}`, or None for nothing or a tombstone."""
+    entry = json.loads(raw) if raw else None
+    return entry if entry is not None and "d" in entry else None
+
+
 class Backend(Protocol):
     def get(self, key: str) -> bytes | None: ...
     def put_if_newer(self, items: list[tuple[str, bytes, int]], ttl: int) -> bool: ...
@@ -342,21 +348,26 @@ class Cache:
             log.warning("cache_unavailable", extra={"error": type(exc).__name__})
             return None
 
+    @property
+    def owes_writes(self) -> bool:
+        """True while tombstones or generation bumps missed during an outage are still unwritten
+        (then nothing may be served from the cache before they are)."""
+        return bool(self._pending or self._pending_bumps)
+
     def read(self, kind: str, public_id: object) -> dict[str, Any] | None:
         """The cached entry, or None on a miss, a tombstone, or a cache that is off or down."""
         if self.backend is None:
             return None
-        if (self._pending or self._pending_bumps) and not self._flush_pending():
+        if self.owes_writes and not self._flush_pending():
             return None  # still down: the database answers
-        raw = self._call(self.backend.get, cache_key(kind, public_id))
-        entry = json.loads(raw) if raw else None
-        if entry is None or "d" not in entry:
-            self._count(miss=True)
-            record_cache_read(kind, hit=False)
-            return None
-        self._count(miss=False)
-        record_cache_read(kind, hit=True)
+        entry = decode_entry(self._call(self.backend.get, cache_key(kind, public_id)))
+        self.note_read(kind, hit=entry is not None)
         return entry
+
+    def note_read(self, kind: str, *, hit: bool) -> None:
+        """Count a read (`flask cache stats` and the metrics); `read` does it for its own."""
+        self._count(miss=not hit)
+        record_cache_read(kind, hit=hit)
 
     def fill(self, kind: str, public_id: object, version: int, data: dict[str, Any]) -> None:
         """Store the state at `version`, unless the cache already holds something newer."""
@@ -416,7 +427,7 @@ class Cache:
         `fill_aggregate`, or None when the cache is off, down or owes a bump (do not fill)."""
         if self.backend is None:
             return None, None
-        if (self._pending or self._pending_bumps) and not self._flush_pending():
+        if self.owes_writes and not self._flush_pending():
             return None, None
         got = self._call(
             self.backend.read_generation,
@@ -439,7 +450,7 @@ class Cache:
         """The current generation (started when absent); None when the cache cannot say."""
         if self.backend is None:
             return None
-        if (self._pending or self._pending_bumps) and not self._flush_pending():
+        if self.owes_writes and not self._flush_pending():
             return None
         got = self._call(
             self.backend.read_generation,

@@ -1,7 +1,8 @@
 """Rate limits (flask-limiter): per user when authenticated, per client IP otherwise.
 
-One window per caller for the whole API (not per route). Sliding windows (the `moving-window`
-strategy by default), shared by every web process through
+One window per caller for the whole API (not per route). Sliding windows (the
+`sliding-window-counter` strategy by default: O(1) per caller, where `moving-window` keeps and
+scans one entry per request up to the limit), shared by every web process through
 Redis when REDIS_URL is set, in process memory on the embedded default. Registration and login
 have their own, stricter, per-IP limits. If Redis fails mid-flight, limiting falls back to
 per-process memory (so a limit may then admit up to limit x processes) and no request fails.
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from flask import Flask, current_app, g, request
+from flask import Flask, Response, current_app, g, request
 from flask_jwt_extended import decode_token
 from flask_limiter import Limit, Limiter, RequestLimit
 
 from app.core.audit import security_event
+from app.core.fast_reads import CHARGED
 
 # Probes, metrics and docs are never limited: an orchestrator must always reach them.
 EXEMPT_BLUEPRINTS = {"ops", "api-docs"}
@@ -70,7 +72,21 @@ def register_limit() -> str:
 
 
 def _exempt() -> bool:
-    return request.blueprint in EXEMPT_BLUEPRINTS or request.endpoint in EXEMPT_ENDPOINTS
+    return (
+        request.blueprint in EXEMPT_BLUEPRINTS
+        or request.endpoint in EXEMPT_ENDPOINTS
+        or CHARGED in request.environ  # the fast lane took this request's hit already
+    )
+
+
+def _charged_headers(response: Response) -> Response:
+    """The X-RateLimit-* headers of a hit the fast lane took (app/core/fast_reads.py) before it
+    handed the request over; flask-limiter adds them for every other limited request."""
+    charged = request.environ.get(CHARGED)
+    if charged is not None:
+        for name, value in charged.headers():
+            response.headers[name] = value
+    return response
 
 
 def _on_breach(limit: RequestLimit) -> None:
@@ -114,6 +130,7 @@ def configure_limiter(app: Flask) -> Limiter:
         on_breach=_on_breach,
     )
     limiter.init_app(app)
+    app.after_request(_charged_headers)
     for endpoint, (limit, key, methods) in ROUTE_LIMITS.items():
         limited = limiter.limit(limit, key_func=key, methods=methods)
         app.view_functions[endpoint] = cast(Any, limited(app.view_functions[endpoint]))

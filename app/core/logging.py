@@ -13,6 +13,12 @@ holds whatever a caller passes: values under secret-looking keys (password, toke
 authorization, secret, cookie, ...; nested too) become "[REDACTED]", and JWTs, `Bearer ...`
 credentials and `password=...`-style pairs are masked inside any string, the message included.
 
+Plain stdlib records (no exception or stack, no structlog wrapper: nearly every line) take a fast
+path in `JsonFormatter.format` that builds the same event dict without copying the record and
+renders it byte for byte as the processor chain would; the rest go through the chain itself.
+Strings without anything the masking patterns could match are returned as they are, after a
+cheap check.
+
 Entry points: `configure_logging(level)` (web factory, Celery worker and beat, CLI), and
 `gunicorn_logconfig_dict(level)` for gunicorn's own loggers (`logconfig_dict` in
 gunicorn.conf.py), which builds the same handler.
@@ -20,6 +26,7 @@ gunicorn.conf.py), which builds the same handler.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -78,6 +85,10 @@ _VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         r"\1\2" + REDACTED,
     ),
 )
+# What any pattern above needs to match (no match here: the first one changes nothing, so neither
+# do the others). Searched in non-ASCII text only, where case-insensitive matching folds more
+# than `str.lower` does (the long s is s, the Kelvin sign is k); ASCII text takes substring tests.
+_MAYBE_SECRET = re.compile(r"(?i)eyJ|(?:bearer|basic)\s|(?:" + _SECRET_WORDS + r")[\"']?\s*[=:]")
 # LogRecord attributes that are not context: formatting leftovers from other handlers.
 _NOISE = frozenset({"message", "asctime", "color_message", "taskName"})
 _FIRST = ("timestamp", "level", "logger", "event", "request_id")
@@ -94,28 +105,86 @@ def is_secret_key(key: object) -> bool:
     return name in SECRET_KEYS or name.endswith(SECRET_KEY_SUFFIXES)
 
 
+def _may_hold_secret(text: str) -> bool:
+    """False only if no masking pattern can match `text` (a few substring tests if ASCII)."""
+    if not text.isascii():
+        return _MAYBE_SECRET.search(text) is not None
+    if "eyJ" in text:
+        return True
+    low = text.lower()
+    if "bearer" in low or "basic" in low:
+        return True
+    # The third pattern: one of _SECRET_WORDS ("api[_-]?key" has "key"), then `=` or `:`.
+    return ("=" in text or ":" in text) and (
+        "passw" in low
+        or "token" in low
+        or "secret" in low
+        or "key" in low
+        or "authorization" in low
+        or "cookie" in low
+        or "jwt" in low
+    )
+
+
 def mask_text(text: str) -> str:
     """`text` with JWTs, Authorization credentials and `secret=value` pairs masked."""
+    if not _may_hold_secret(text):
+        # re.sub would return a plain str even for a str subclass: so does this.
+        return text if type(text) is str else str.__str__(text)
     for pattern, replacement in _VALUE_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
 
 
+_secret_names: dict[str, bool] = {}  # is_secret_key of the (few) key names seen, memoised
+
+
+def _is_secret_name(key: object) -> bool:
+    if type(key) is not str:
+        return is_secret_key(key)
+    secret = _secret_names.get(key)
+    if secret is None:
+        secret = is_secret_key(key)
+        if len(_secret_names) < 4096:  # bounded: keys built from data must not grow it forever
+            _secret_names[key] = secret
+    return secret
+
+
 def redact(value: Any) -> Any:
     """A copy of `value` safe to log: secret keys blanked and secret-looking text masked."""
+    kind = type(value)
+    if kind is str:
+        return mask_text(value)
+    if value is None or kind is int or kind is float or kind is bool:
+        return value
     if isinstance(value, str):
         return mask_text(value)
-    if value is None or isinstance(value, bool | int | float):
+    if isinstance(value, bool | int | float):
         return value
     if isinstance(value, Mapping):
-        return {
-            str(key): REDACTED if is_secret_key(key) else redact(item)
-            for key, item in value.items()
-        }
+        return _redact_mapping(value)
     if isinstance(value, list | tuple | set | frozenset):
         return [redact(item) for item in value]
     # Anything else is rendered as text, so mask the text it renders as.
     return mask_text(str(value))
+
+
+def _redact_mapping(value: Mapping[Any, Any]) -> dict[str, Any]:
+    """`redact` of a mapping: str keys, secret ones blanked (common values inlined, for speed)."""
+    safe: dict[str, Any] = {}
+    for key, item in value.items():
+        name = key if type(key) is str else str(key)
+        if _is_secret_name(key):
+            safe[name] = REDACTED
+            continue
+        kind = type(item)
+        if kind is str:
+            safe[name] = mask_text(item)
+        elif item is None or kind is int or kind is float or kind is bool:
+            safe[name] = item
+        else:
+            safe[name] = redact(item)
+    return safe
 
 
 def _redact_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -166,18 +235,32 @@ _FOREIGN_PRE_CHAIN: list[Processor] = [
     structlog.stdlib.ExtraAdder(),
     _timestamper,
 ]
-# Applied to every line, then rendered.
-_PROCESSORS: list[Processor] = [
-    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+# Applied to every line (after remove_processors_meta), then redaction, order and rendering.
+_CONTEXT: tuple[Processor, ...] = (
     structlog.contextvars.merge_contextvars,
     _add_request_id,
     _add_task,
     _drop_noise,
     structlog.processors.format_exc_info,
+)
+_PROCESSORS: list[Processor] = [
+    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+    *_CONTEXT,
     _redact_event,  # last before rendering: nothing added after it escapes redaction
     _order,
     structlog.processors.JSONRenderer(sort_keys=False, default=str),
 ]
+
+
+# The fast path (below) on or off: tests switch it off to compare with the chain above.
+FAST_PATH = True
+# What structlog's ExtraAdder leaves out: the attributes every LogRecord has.
+_RECORD_KEYS = frozenset(logging.LogRecord("name", 0, "pathname", 0, "msg", (), None).__dict__)
+# structlog's map_method_name (add_log_level).
+_LEVEL_ALIASES = {"warn": "warning", "exception": "error"}
+# JSONRenderer(sort_keys=False, default=str) calls json.dumps(ed, sort_keys=False, default=str),
+# which builds exactly this encoder on every call.
+_encode = json.JSONEncoder(sort_keys=False, default=str).encode
 
 
 class JsonFormatter(structlog.stdlib.ProcessorFormatter):
@@ -185,6 +268,37 @@ class JsonFormatter(structlog.stdlib.ProcessorFormatter):
 
     def __init__(self) -> None:
         super().__init__(foreign_pre_chain=_FOREIGN_PRE_CHAIN, processors=_PROCESSORS)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line; plain stdlib records skip the record copy and chain."""
+        attrs = record.__dict__
+        if (
+            not FAST_PATH
+            or type(record) is not logging.LogRecord  # a subclass may override getMessage
+            or record.exc_info
+            or record.exc_text
+            or record.stack_info
+            or "_logger" in attrs  # structlog's own loggers (wrap_for_formatter)
+            or "_name" in attrs
+        ):
+            return super().format(record)
+        # What ProcessorFormatter.format and _FOREIGN_PRE_CHAIN build, in the same order.
+        method = record.levelname.lower()
+        event_dict: EventDict = {
+            "event": record.getMessage(),
+            "level": _LEVEL_ALIASES.get(method, method),
+            "logger": record.name,
+        }
+        for key, value in attrs.items():
+            if key not in _RECORD_KEYS:  # ExtraAdder
+                event_dict[key] = value
+        _timestamper(None, method, event_dict)
+        # ProcessorFormatter.remove_processors_meta: an extra under these names goes too.
+        event_dict.pop("_record", None)
+        event_dict.pop("_from_structlog", None)
+        for processor in _CONTEXT:
+            event_dict = cast(EventDict, processor(None, method, event_dict))
+        return _encode(_order(None, method, _redact_event(None, method, event_dict)))
 
 
 def json_handler(stream: IO[str] | None = None) -> logging.Handler:

@@ -28,7 +28,7 @@ import glob
 import hmac
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -150,16 +150,39 @@ def _start_timer() -> None:
 
 def _record_request(response: Response) -> Response:
     rule = request.url_rule
-    route = rule.rule if rule is not None else UNMATCHED_ROUTE
-    method = request.method if request.method in KNOWN_METHODS else "OTHER"
-    status = str(response.status_code)
-    HTTP_REQUESTS.labels(method, route, status).inc()
     started = g.get("metrics_started")
-    if started is not None:
-        HTTP_LATENCY.labels(method, route, status).observe(time.perf_counter() - started)
-    if response.status_code == 429:
-        RATE_LIMITED.labels(method, route).inc()
+    record_request(
+        request.method,
+        rule.rule if rule is not None else UNMATCHED_ROUTE,
+        response.status_code,
+        time.perf_counter() - started if started is not None else None,
+    )
     return response
+
+
+def request_recorder(method: str, route: str, status: int) -> Callable[[float], None]:
+    """`record_request` for one fixed (method, route, status), with its label children bound
+    once: for the fast lane (app/core/fast_reads.py), which answers one kind of request."""
+    requests = HTTP_REQUESTS.labels(method, route, str(status))
+    latency = HTTP_LATENCY.labels(method, route, str(status))
+
+    def record(seconds: float) -> None:
+        requests.inc()
+        latency.observe(seconds)
+
+    return record
+
+
+def record_request(method: str, route: str, status: int, seconds: float | None) -> None:
+    """Count one answered request (and time it, when `seconds` is known); also used by the
+    fast lane for cached reads (app/core/fast_reads.py), which answers outside Flask."""
+    method = method if method in KNOWN_METHODS else "OTHER"
+    code = str(status)
+    HTTP_REQUESTS.labels(method, route, code).inc()
+    if seconds is not None:
+        HTTP_LATENCY.labels(method, route, code).observe(seconds)
+    if status == 429:
+        RATE_LIMITED.labels(method, route).inc()
 
 
 def _document_security_scheme(app: Flask) -> None:

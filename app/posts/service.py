@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -47,6 +47,14 @@ class PostSnapshot:
 
 def post_cache_data(post: Post) -> dict[str, Any]:
     return {"author": post.author_id, "status": post.status, "public": public_post(post)}
+
+
+def anonymous_view(data: dict[str, Any]) -> dict[str, Any] | None:
+    """A cached post as an anonymous reader sees it: None for a draft (a 404 for them) or an
+    entry `read` would reload (no slug yet). The fast lane (app/core/fast_reads.py) serves it."""
+    if data["status"] == "draft" or data["public"].get("slug") is None:
+        return None
+    return cast(dict[str, Any], data["public"])
 
 
 class PostService:
