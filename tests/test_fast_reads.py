@@ -339,8 +339,25 @@ def test_window_arithmetic_matches_limits(fast, account) -> None:
     client.close()
 
 
+def test_any_single_anonymous_limit_is_served(app, account) -> None:
+    built, seen = build(app, RATELIMIT_ANONYMOUS="50 per 30 seconds")
+    client = built.test_client()
+    ip = fresh_ip()
+    warm(client, account.id, ip)
+    seen.clear()
+    served = get(client, f"/api/users/{account.id}", ip)
+    assert seen == []
+    assert served.headers["X-RateLimit-Limit"] == "50"
+    assert served.headers["X-RateLimit-Remaining"] == "48"
+    assert 0 < int(served.headers["X-RateLimit-Reset"]) - time.time() <= 31
+
+
 def test_disabled_or_without_the_counter_strategy_flask_answers(app, account) -> None:
-    for settings in ({"FAST_READS_ENABLED": False}, {"RATELIMIT_STRATEGY": "moving-window"}):
+    for settings in (
+        {"FAST_READS_ENABLED": False},
+        {"RATELIMIT_STRATEGY": "moving-window"},
+        {"RATELIMIT_ANONYMOUS": "10/second;300/minute"},  # several limits: flask-limiter's
+    ):
         built, seen = build(app, **settings)
         client = built.test_client()
         ip = fresh_ip()

@@ -397,8 +397,8 @@ def _plan_for(app: Flask) -> _Plan | None:
     if not cfg.get("REDIS_URL") or cfg.get("RATELIMIT_STORAGE_URI") != cfg["REDIS_URL"]:
         return None
     items = parse_many(str(cfg["RATELIMIT_ANONYMOUS"]))
-    if len(items) != 1 or items[0].multiples != 1:
-        return None  # several limits (or "2/minute" style multiples): flask-limiter's business
+    if len(items) != 1:
+        return None  # several limits ("10/second;300/minute"): flask-limiter's business
     with app.app_context():
         cache = app_cache()
         storage = limiter.storage
