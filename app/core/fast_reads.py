@@ -417,7 +417,7 @@ def _plan_for(app: Flask) -> _Plan | None:
         key_prefix=str(cfg.get("RATELIMIT_KEY_PREFIX", "")),
         storage=storage,
         source=source,
-        sha=hashlib.sha1(source.encode()).hexdigest(),  # noqa: S324  # Redis names scripts so
+        sha=hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest(),  # Redis names it so
         connect=lambda: pool.connection_class(**pool.connection_kwargs),
         # As the full path merges it: the view's, CORS's (when origins are allowed), compression's.
         vary="Authorization, Origin, Accept-Encoding"
