@@ -67,6 +67,16 @@ def warm(client: FlaskClient, user_id: str, ip: str) -> None:
     assert get(client, f"/api/users/{user_id}", ip).status_code == 200
 
 
+def warmed(lane: tuple[Flask, list[str]], user_id: str) -> tuple[FlaskClient, str]:
+    """A client of `lane`'s app and a fresh address, the user cached by one read through Flask
+    and the spy emptied: the next anonymous read of the user is the lane's to answer."""
+    built, seen = lane
+    client, ip = built.test_client(), fresh_ip()
+    warm(client, user_id, ip)
+    seen.clear()
+    return client, ip
+
+
 def stable(headers: Any) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers.items() if k not in PER_REQUEST]
 
@@ -127,11 +137,8 @@ def test_same_headers_with_cors_and_production_settings(app, account) -> None:
 
 
 def test_one_round_trip_for_the_limit_and_the_entry(fast, account, round_trips) -> None:
-    fast_app, fast_seen = fast
-    client = fast_app.test_client()
-    ip = fresh_ip()
-    warm(client, account.id, ip)  # Flask (a miss), which also loads limits' scripts
-    fast_seen.clear()
+    _, fast_seen = fast
+    client, ip = warmed(fast, account.id)  # through Flask (a miss), loading limits' scripts too
     round_trips.clear()
     for _ in range(3):
         assert get(client, f"/api/users/{account.id}", ip).status_code == 200
@@ -153,13 +160,10 @@ def test_a_miss_is_handed_to_flask_charged_once(fast, account, round_trips) -> N
 
 
 def test_requests_it_must_not_answer_go_to_flask(fast, account) -> None:
-    fast_app, seen = fast
-    client = fast_app.test_client()
-    ip = fresh_ip()
+    _, seen = fast
+    client, ip = warmed(fast, account.id)
     path = f"/api/users/{account.id}"
-    warm(client, account.id, ip)
     etag = get(client, path, ip).headers["ETag"]
-    seen.clear()
     cases = [
         ("GET", path, {"Authorization": f"Bearer {account.tokens['access_token']}"}, 200),
         ("GET", path + "?x=1", {}, 200),
@@ -183,11 +187,9 @@ def test_requests_it_must_not_answer_go_to_flask(fast, account) -> None:
 
 
 def test_the_limit_is_enforced_with_flasks_429(app, account) -> None:
-    fast_app, seen = build(app, RATELIMIT_ANONYMOUS="3/minute")
-    client = fast_app.test_client()
-    ip = fresh_ip()
-    warm(client, account.id, ip)  # hit 1, through Flask
-    seen.clear()
+    lane = build(app, RATELIMIT_ANONYMOUS="3/minute")
+    seen = lane[1]
+    client, ip = warmed(lane, account.id)  # hit 1, through Flask
     for remaining in ("1", "0"):
         response = get(client, f"/api/users/{account.id}", ip)
         assert response.status_code == 200
@@ -204,11 +206,9 @@ def test_the_limit_is_enforced_with_flasks_429(app, account) -> None:
 
 
 def test_a_read_after_a_write_is_never_stale(fast, account) -> None:
-    fast_app, seen = fast
-    client = fast_app.test_client()
-    ip = fresh_ip()
+    _, seen = fast
+    client, ip = warmed(fast, account.id)
     path = f"/api/users/{account.id}"
-    warm(client, account.id, ip)
     for n in range(3):
         changed = client.patch(path, json={"bio": f"edit {n}"}, headers=account.headers)
         assert changed.status_code == 200
@@ -259,11 +259,8 @@ def test_the_client_address_comes_from_proxyfix(app, account) -> None:
 def test_the_log_line_and_metrics_match_the_full_path(fast, account, caplog) -> None:
     from app.core.metrics import HTTP_REQUESTS
 
-    fast_app, seen = fast
-    client = fast_app.test_client()
-    ip = fresh_ip()
-    warm(client, account.id, ip)
-    seen.clear()
+    _, seen = fast
+    client, ip = warmed(fast, account.id)
     route = "/api/users/<uuid:user_id>"
     before = HTTP_REQUESTS.labels("GET", route, "200")._value.get()
     caplog.clear()
@@ -340,11 +337,9 @@ def test_window_arithmetic_matches_limits(fast, account) -> None:
 
 
 def test_any_single_anonymous_limit_is_served(app, account) -> None:
-    built, seen = build(app, RATELIMIT_ANONYMOUS="50 per 30 seconds")
-    client = built.test_client()
-    ip = fresh_ip()
-    warm(client, account.id, ip)
-    seen.clear()
+    lane = build(app, RATELIMIT_ANONYMOUS="50 per 30 seconds")
+    seen = lane[1]
+    client, ip = warmed(lane, account.id)
     served = get(client, f"/api/users/{account.id}", ip)
     assert seen == []
     assert served.headers["X-RateLimit-Limit"] == "50"
@@ -358,12 +353,10 @@ def test_disabled_or_without_the_counter_strategy_flask_answers(app, account) ->
         {"RATELIMIT_STRATEGY": "moving-window"},
         {"RATELIMIT_ANONYMOUS": "10/second;300/minute"},  # several limits: flask-limiter's
     ):
-        built, seen = build(app, **settings)
-        client = built.test_client()
-        ip = fresh_ip()
-        warm(client, account.id, ip)
+        lane = build(app, **settings)
+        client, ip = warmed(lane, account.id)
         assert get(client, f"/api/users/{account.id}", ip).status_code == 200
-        assert len(seen) == 2, settings
+        assert lane[1] == [f"/api/users/{account.id}"], settings
 
 
 def test_the_body_is_what_the_response_schema_would_render(fast, account) -> None:
@@ -384,12 +377,9 @@ def test_the_body_is_what_the_response_schema_would_render(fast, account) -> Non
 
 def test_the_lane_recovers_from_flushed_scripts_and_a_killed_connection(fast, account) -> None:
     fast_app, seen = fast
-    client = fast_app.test_client()
-    ip = fresh_ip()
+    client, ip = warmed(fast, account.id)
     path = f"/api/users/{account.id}"
-    warm(client, account.id, ip)
     admin = redis.Redis.from_url(REDIS_URL)
-    seen.clear()
 
     admin.script_flush()  # as after a Redis restart: EVALSHA answers NOSCRIPT
     remaining = [int(get(client, path, ip).headers["X-RateLimit-Remaining"])]
@@ -415,9 +405,7 @@ def test_each_process_uses_its_own_connection(fast, account) -> None:
     import os
 
     fast_app, _ = fast
-    client = fast_app.test_client()
-    ip = fresh_ip()
-    warm(client, account.id, ip)
+    client, ip = warmed(fast, account.id)
     assert get(client, f"/api/users/{account.id}", ip).status_code == 200
     parent = fast_app.wsgi_app._link.connection
     read, write = os.pipe()
