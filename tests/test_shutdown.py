@@ -41,6 +41,7 @@ from tests.test_cache_workers import Worker, _sleep_marks, broker_settings, wait
 # the build machine): long enough to be in flight when SIGTERM is sent.
 SLOW_ARGON2 = {"ARGON2_TIME_COST": "2000", "ARGON2_MEMORY_COST_KIB": "1024"}
 GRACEFUL_TIMEOUT = 20
+SLOW_CALL_TIMEOUT = 60  # a slow hash on a loaded 2-core machine: seconds, never this many
 WORKERS = 3
 
 
@@ -116,11 +117,12 @@ def test_sigterm_completes_in_flight_requests_refuses_new_ones_and_exits_zero(
         wait_for(
             f"{WORKERS} gunicorn workers", lambda: len(_children(proc.pid)) == WORKERS, timeout=60
         )
-        # A user to log in as (one slow registration).
+        # A user to log in as (one slow registration, which may also wait for its worker to
+        # finish booting: each builds the app, a slow dummy hash included, on 2 shared cores).
         known = unique()
         password = "shutdown password"
         body = {"email": f"{known}@example.com", "username": known, "password": password}
-        status, _, _ = http.call("POST", "/api/users", body)
+        status, _, _ = http.call("POST", "/api/users", body, timeout=SLOW_CALL_TIMEOUT)
         assert status == 201
 
         # A bounded stream of quick requests, several at a time: all served.
@@ -136,11 +138,15 @@ def test_sigterm_completes_in_flight_requests_refuses_new_ones_and_exits_zero(
                 "POST",
                 "/api/users",
                 {"email": f"{name}@example.com", "username": name, "password": password},
+                timeout=SLOW_CALL_TIMEOUT,
             )
             for name in names
         ] + [
             lambda: http.call(
-                "POST", "/api/auth/login", {"email": f"{known}@example.com", "password": password}
+                "POST",
+                "/api/auth/login",
+                {"email": f"{known}@example.com", "password": password},
+                timeout=SLOW_CALL_TIMEOUT,
             )
         ]
         pool = ThreadPoolExecutor(max_workers=len(slow_calls) + 1)
