@@ -48,17 +48,15 @@ import redis
 
 from app.core.cache import Cache, cache_key, decode_entry
 from app.core.conditional import etag_for
-from app.core.context import request_id_var
 from app.core.http_security import json_security_headers, negotiate_encoding
 from app.core.metrics import request_recorder
-from app.core.middleware import REQUEST_ID_RE
+from app.core.middleware import REQUEST_ID_RE, log_access
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from flask import Flask
     from limits import RateLimitItem
 
-log = logging.getLogger("app.access")
 warnings = logging.getLogger(__name__)
 
 CHARGED = "postboard.rate_limit_charged"  # environ key: the window of a hit already taken
@@ -307,28 +305,15 @@ class FastReads:
         if recorder is None:
             recorder = self._recorders[read.rule] = request_recorder("GET", read.rule, 200)
         recorder(elapsed)
-        if not log.isEnabledFor(logging.INFO):
-            return
-        fields = {
-            "request_id": request_id,
-            "method": "GET",
-            "path": environ.get("PATH_INFO", ""),
-            "route": read.rule,
-            "status": 200,
-            "duration_ms": round(elapsed * 1000, 2),
-            "user_id": None,
-        }
-        token = request_id_var.set(request_id)
-        try:
-            # log.info's record without its caller lookup (a stack walk): the line carries no
-            # file or line number, and the record goes through the same handlers.
-            log.handle(
-                log.makeRecord(
-                    log.name, logging.INFO, "", 0, "request", (), None, None, extra=fields
-                )
-            )
-        finally:
-            request_id_var.reset(token)
+        log_access(
+            request_id,
+            "GET",
+            environ.get("PATH_INFO", ""),
+            read.rule,
+            200,
+            round(elapsed * 1000, 2),
+            None,
+        )
 
 
 def _render(read: FastRead, dumps: Callable[[Any], str], raw: bytes) -> tuple[int, bytes] | None:
