@@ -10,8 +10,11 @@ export FLASK_APP := wsgi
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]' \
-		|| $(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]' \
+		|| $(BIN)/python -m pip install --quiet --compile -e '.[dev]'
+	@# Our own packages too: PYTHONDONTWRITEBYTECODE=1 (set on many images) would otherwise make
+	@# every process compile all it imports from source, every time it starts.
+	$(BIN)/python -m compileall -q -j 0 app worker migrations wsgi.py
 	touch $(STAMP)
 
 install: $(STAMP)
