@@ -31,9 +31,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_blueprints(app)
     register_rate_limits(app)
     register_metrics(app)
+    register_pipeline(app)
     register_errorhandlers(app)
     register_commands(app)
-    register_wsgi_middleware(app)
+    register_proxy_fix(app)
     return app
 
 
@@ -45,9 +46,8 @@ def configure_logging_for(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from app.auth.guard import register_jwt_callbacks
+    from app.auth.guard import register_auth
     from app.core.db import sqlite_pragmas
-    from app.core.middleware import register_middleware
     from app.core.security import passwords
     from app.extensions import api, db, jwt, migrate
 
@@ -65,7 +65,6 @@ def register_extensions(app: Flask) -> None:
         },
     )
     passwords.configure(app.config["ARGON2_TIME_COST"], app.config["ARGON2_MEMORY_COST_KIB"])
-    register_middleware(app)
     register_swagger_ui(app)
     db.init_app(app)
     with app.app_context():
@@ -73,23 +72,24 @@ def register_extensions(app: Flask) -> None:
             event.listen(db.engine, "connect", sqlite_pragmas)
     migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
     jwt.init_app(app)
-    register_jwt_callbacks(app)
+    register_auth(app)
     api.init_app(app)
 
 
-def register_wsgi_middleware(app: Flask) -> None:
-    """Around Flask, innermost first: the fast lane for cached reads, then ProxyFix (so the lane
-    sees the client address ProxyFix derives)."""
-    from app.core.fast_reads import FastReads
-    from app.posts.routes import FAST_READS as POST_READS
-    from app.users.routes import FAST_READS as USER_READS
-
-    app.wsgi_app = FastReads(app, app.wsgi_app, [*USER_READS, *POST_READS])  # type: ignore[method-assign]
+def register_proxy_fix(app: Flask) -> None:
+    """Behind TRUSTED_PROXY_COUNT proxies, the client address and scheme they forwarded."""
     if app.config["TRUSTED_PROXY_COUNT"] > 0:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         hops = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+
+
+def register_pipeline(app: Flask) -> None:
+    """The one request pipeline (app/core/pipeline.py): its only before/after_request hooks."""
+    from app.core.pipeline import init_pipeline
+
+    init_pipeline(app)
 
 
 def register_http_security(app: Flask) -> None:

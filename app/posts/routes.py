@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -13,7 +12,6 @@ from werkzeug.routing import BaseConverter, ValidationError
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
 from app.core.api import ApiBlueprint, errors_doc, link, operation
 from app.core.cache import app_cache
-from app.core.fast_reads import UUID_PATH, FastRead
 from app.core.http import cursor_codec, if_match, listing, page_params, single, single_json
 from app.core.idempotency import idempotent
 from app.core.pagination import PageArgsSchema
@@ -27,21 +25,10 @@ from app.posts.schemas import (
     PostPutSchema,
     post_view,
 )
-from app.posts.service import POST_KIND, PostService, anonymous_view
+from app.posts.service import PostService
 from app.posts.slugs import SLUG_MAX, SLUG_MIN, SLUG_REGEX, is_well_formed
 
 blp = ApiBlueprint("posts", __name__, url_prefix="/api", description="Posts.")
-
-# GET /api/posts/{id} for anonymous callers, answered from the cache in one Redis round trip
-# when it holds a post they may see (app/core/fast_reads.py); PostItem.get answers the rest.
-FAST_READS = [
-    FastRead(
-        pattern=re.compile(f"/api/posts/{UUID_PATH}"),
-        kind=POST_KIND,
-        rule="/api/posts/<uuid:post_id>",
-        view=anonymous_view,
-    )
-]
 
 
 class SlugConverter(BaseConverter):

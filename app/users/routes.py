@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -12,9 +11,9 @@ from flask.views import MethodView
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
 from app.core.api import ApiBlueprint, errors_doc, link, operation
 from app.core.cache import Cache, app_cache
-from app.core.fast_reads import UUID_PATH, FastRead
 from app.core.http import cursor_codec, if_match, listing, page_params, single, single_json
 from app.core.idempotency import idempotent
+from app.core.limiting import route_limit
 from app.core.pagination import PageArgsSchema
 from app.extensions import db
 from app.users.models import User
@@ -27,7 +26,7 @@ from app.users.schemas import (
     UserPutSchema,
     user_view,
 )
-from app.users.service import USER_KIND, UserService, UserSnapshot
+from app.users.service import UserService, UserSnapshot
 
 blp = ApiBlueprint("users", __name__, url_prefix="/api", description="Users.")
 
@@ -50,18 +49,6 @@ USER_EXAMPLE = {
 }
 USER_CREATE_EXAMPLE = {**USER_EXAMPLE, "password": "correct horse"}  # nosec B105
 PRIVATE = "private"  # ETag variant of the representation that includes the email
-
-
-# GET /api/users/{id} for anonymous callers, answered from the cache in one Redis round trip
-# when it holds the user (app/core/fast_reads.py); the view below answers everything else.
-FAST_READS = [
-    FastRead(
-        pattern=re.compile(f"/api/users/{UUID_PATH}"),
-        kind=USER_KIND,
-        rule="/api/users/<uuid:user_id>",
-        view=lambda data: data["public"],
-    )
-]
 
 
 def service() -> UserService:
@@ -99,6 +86,7 @@ class UserCollection(MethodView):
     @operation(blp, "createUser", security=[], links={201: USER_LINKS})
     @errors_doc(blp, 400, 409, 413, 415, 429)
     @blp.arguments(UserCreateSchema, example=USER_CREATE_EXAMPLE)
+    @route_limit("RATELIMIT_REGISTER")
     def post(self, data: dict[str, Any]) -> Any:
         """Register a user."""
         user = service().register(data)
