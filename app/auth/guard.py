@@ -12,6 +12,7 @@ scope counts only while the user is still an admin.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from functools import wraps
@@ -70,7 +71,7 @@ class TokenCaller:
         self.verified = False
         if token is not None:
             try:
-                self.claims = decode_token(token)
+                self.claims = verified_claims(token)
             except pyjwt.ExpiredSignatureError:
                 self.problem = "The token has expired."
             except (JWTExtendedException, pyjwt.PyJWTError, ValueError, KeyError):
@@ -141,6 +142,33 @@ class TokenCaller:
                 return CurrentUser(int(data["owner"]), public_id, bool(data["admin"]))
         users = UserService(db.session(), codec=cursor_codec(), cache=app_cache())
         return users.current_user(public_id)
+
+
+VERIFIED_TOKENS = 4096  # tokens whose signature this process has checked, remembered
+
+
+def verified_claims(token: str) -> dict[str, Any]:
+    """flask-jwt-extended's `decode_token`, memoised per app and process by the token's text.
+
+    A token's signature and claims never change, so a client's next request with the same token
+    skips the signature check and the three base64/JSON passes; its expiry is checked again on
+    every use (`exp` is required by the decoder). Revocation is never memoised.
+    """
+    memo: dict[str, dict[str, Any]] = current_app.extensions.setdefault("auth.verified", {})
+    claims = memo.get(token)
+    if claims is not None:
+        leeway = current_app.config.get("JWT_DECODE_LEEWAY", 0)
+        leeway = leeway.total_seconds() if hasattr(leeway, "total_seconds") else leeway
+        if float(claims["exp"]) + float(leeway) > time.time():
+            return claims
+        memo.pop(token, None)
+        raise pyjwt.ExpiredSignatureError("Signature has expired")
+    claims = decode_token(token)
+    if "exp" in claims:  # only tokens that expire are remembered
+        if len(memo) >= VERIFIED_TOKENS:
+            memo.clear()  # simple bound: a burst of new tokens costs one decode each again
+        memo[token] = claims
+    return claims
 
 
 def identify(request: Request) -> TokenCaller:

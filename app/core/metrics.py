@@ -138,13 +138,24 @@ def init_metrics(app: Flask) -> None:
     _document_security_scheme(app)
 
 
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def record_request(method: str, route: str, status: int, seconds: float | None) -> None:
     """Count one answered request (and time it, when `seconds` is known)."""
     method = method if method in KNOWN_METHODS else "OTHER"
-    code = str(status)
-    HTTP_REQUESTS.labels(method, route, code).inc()
+    children = _children.get((method, route, status))
+    if children is None:  # label children resolved once per (method, route, status)
+        code = str(status)
+        children = (
+            HTTP_REQUESTS.labels(method, route, code),
+            HTTP_LATENCY.labels(method, route, code),
+        )
+        if len(_children) < 10000:  # route templates only, never raw paths: bounded anyway
+            _children[(method, route, status)] = children
+    children[0].inc()
     if seconds is not None:
-        HTTP_LATENCY.labels(method, route, code).observe(seconds)
+        children[1].observe(seconds)
     if status == 429:
         RATE_LIMITED.labels(method, route).inc()
 
