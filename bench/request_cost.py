@@ -15,7 +15,8 @@ CPU microseconds per request (process time, best of three passes) for:
     auth PATCH      authenticated PATCH /api/posts/{id}
 
 Each variant runs in a fresh interpreter, in the current directory's checkout (run it from an
-older checkout to measure "before"). `--profile VARIANT` prints that variant's cProfile instead.
+older checkout to measure "before"). `--profile VARIANT` prints that variant's cProfile instead,
+`--steps VARIANT` the time of each pipeline step.
 Redis and PostgreSQL time counts only as the client's CPU, so this complements bench.read_path.
 """
 
@@ -163,12 +164,59 @@ def profile(variant: str, requests: int) -> None:
     stats.sort_stats("cumulative").print_stats(45)
 
 
+# (file, function) of the pipeline's steps and the layers around them, for `--steps`.
+STEPS = (
+    ("app.py", "wsgi_app", "Flask, whole request"),
+    ("pipeline.py", "before", "pipeline.before"),
+    ("guard.py", "identify", "  identify (token, memoised)"),
+    ("limiting.py", "round_trip", "  limit + reads: 1 Redis round trip"),
+    ("app.py", "dispatch_request", "view (smorest wrappers included)"),
+    ("guard.py", "verify", "  @authenticated check"),
+    ("cache.py", "read", "  cache GET: 2nd Redis round trip"),
+    ("service.py", "update", "  service update (DB)"),
+    ("http.py", "single_json", "  response body"),
+    ("http.py", "single", "  response body"),
+    ("pipeline.py", "finish", "pipeline.finish"),
+    ("http_security.py", "security_headers", "  security headers"),
+    ("http_security.py", "compress", "  compress"),
+    ("http_security.py", "cors", "  cors"),
+    ("pipeline.py", "_record", "  access line + metrics"),
+)
+
+
+def steps(variant: str, requests: int) -> None:
+    """Where a request's time goes, by pipeline step (cProfile, cumulative, per request)."""
+    import cProfile
+    import pstats
+
+    once = _runner(variant)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for k in range(requests):
+        once(k)
+    profiler.disable()
+    totals: dict[tuple[str, str], float] = {}
+    for (path, _line, name), row in pstats.Stats(profiler).stats.items():  # type: ignore[attr-defined]
+        key = (os.path.basename(path), name)
+        totals[key] = totals.get(key, 0.0) + row[3]
+    whole = totals[("app.py", "wsgi_app")]
+    print(f"{variant}: cProfile, {requests} requests (times inflated by the profiler)")
+    for file, function, label in STEPS:
+        if (file, function) in totals:
+            spent = totals[(file, function)]
+            print(f"  {label:38} {spent / requests * 1e6:7.0f} us  {spent / whole:6.1%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--variant", choices=VARIANTS)
     parser.add_argument("--profile", choices=VARIANTS)
+    parser.add_argument("--steps", choices=VARIANTS)
     args = parser.parse_args()
+    if args.steps:
+        steps(args.steps, args.requests)
+        return
     if args.profile:
         profile(args.profile, args.requests)
         return

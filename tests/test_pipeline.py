@@ -205,26 +205,77 @@ def test_a_dead_redis_degrades_to_the_database(app: Flask, account) -> None:
 
 
 @needs_redis
-def test_authentication_adds_no_round_trip_on_a_warm_path(
-    app: Flask, account, round_trips: list[bytes]
+def test_a_warm_read_is_one_round_trip_authenticated_or_not(
+    app: Flask, account, make_account, round_trips: list[bytes]
 ) -> None:
-    """Limit hit + window, revocation and the caller's state: one round trip, so a warm
-    authenticated read costs as many round trips as an anonymous one."""
+    """Limit hit + window, revocation, the caller's state and the cached entry: one round trip,
+    so authentication costs no further one."""
+    reader = make_account()
     client = production_like(app).test_client()
     path = f"/api/users/{account.id}"
     ip = fresh_ip()
-    for headers in ({}, account.headers, {}, account.headers):  # warm: scripts, cache entries
+    for headers in ({}, reader.headers, {}, reader.headers):  # warm: scripts, cache entries
         assert get(client, path, ip, **headers).status_code == 200
-    counts = {}
-    for name, headers in (("anonymous", {}), ("authenticated", account.headers)):
+    for headers in ({}, reader.headers):
         round_trips.clear()
         assert get(client, path, ip, **headers).status_code == 200
-        counts[name] = len(round_trips)
-    assert counts["authenticated"] == counts["anonymous"], counts
-    round_trips.clear()
-    assert get(client, "/api/me", ip, **account.headers).status_code == 200
-    first = b"".join(round_trips[0])  # one send: the whole pipeline
-    assert b"EVALSHA" in first and b"EXISTS" in first and b"GET" in first
+        assert len(round_trips) == 1, [c[:1] for c in round_trips]
+        sent = b"".join(round_trips[0])  # one send: the whole pipeline
+        assert b"EVALSHA" in sent
+        assert b"GET" in sent
+        assert (b"EXISTS" in sent) == bool(headers)
+
+
+@needs_redis
+def test_a_cached_read_skips_the_view_and_answers_what_it_would(
+    app: Flask, account, make_account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.users.service import UserService
+
+    calls: list[object] = []
+    original = UserService.read
+
+    def counting(self: Any, public_id: Any) -> Any:
+        if str(public_id) == account.id:  # the view's read (not a caller's own state)
+            calls.append(public_id)
+        return original(self, public_id)
+
+    monkeypatch.setattr(UserService, "read", counting)
+    client = production_like(app).test_client()
+    path = f"/api/users/{account.id}"
+    ip = fresh_ip()
+    cold = get(client, path, ip)  # a miss: the view reads (and fills the cache)
+    assert len(calls) == 1
+    warm = get(client, path, ip)
+    other = get(client, path, ip, **make_account().headers)
+    assert len(calls) == 1, "served from the entry, without the view"
+    assert cold.get_data() == warm.get_data() == other.get_data()
+    assert warm.headers["ETag"] == cold.headers["ETag"]
+    assert warm.headers["Vary"] == cold.headers["Vary"]
+    unchanged = get(client, path, ip, **{"If-None-Match": warm.headers["ETag"]})
+    assert unchanged.status_code == 304
+    assert unchanged.get_data() == b""
+    mine = get(client, path, ip, **account.headers)  # the owner sees the email: the view
+    assert mine.json["data"]["email"] == account.email
+    assert len(calls) == 2
+    forged = account.headers["Authorization"][:-4] + "AAAA"
+    assert_error(get(client, path, ip, Authorization=forged), 401, "UNAUTHENTICATED")
+
+
+@needs_redis
+def test_a_published_post_is_served_from_the_cache_and_a_draft_is_not(app: Flask, account) -> None:
+    client = production_like(app).test_client()
+    published = account.post_as("Out there", status="published")
+    draft = account.post_as("Not yet", status="draft")
+    ip = fresh_ip()
+    for post in (published, draft):  # the author's reads fill the cache with both
+        assert client.get(f"/api/posts/{post['id']}", headers=account.headers).status_code == 200
+    cold = get(client, f"/api/posts/{published['id']}", ip)
+    warm = get(client, f"/api/posts/{published['id']}", ip)
+    assert cold.status_code == warm.status_code == 200
+    assert cold.get_data() == warm.get_data()
+    assert_error(get(client, f"/api/posts/{draft['id']}", ip), 404, "NOT_FOUND")
+    assert get(client, f"/api/posts/{draft['id']}", ip, **account.headers).status_code == 200
 
 
 @needs_redis

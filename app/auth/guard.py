@@ -121,6 +121,22 @@ class TokenCaller:
             raise Unauthenticated("The token's user no longer exists.")
         self.verified = True
 
+    def principal(self) -> Principal | None:
+        """The verified caller, or None when no token was sent; raises Unauthenticated."""
+        if self.token is None:
+            return None
+        self.verify()
+        assert self.claims is not None
+        assert self.user is not None
+        user = self.user
+        raw_scopes = self.claims.get("scope")
+        token_scopes = (
+            {s for s in raw_scopes if isinstance(s, str)} if isinstance(raw_scopes, list) else set()
+        )
+        if not user.is_admin:
+            token_scopes.discard(ADMIN_SCOPE)
+        return Principal(user_id=user.id, public_id=user.public_id, scopes=frozenset(token_scopes))
+
     def is_valid(self) -> bool:
         """The full check (revocation, the user's current state) of an access token."""
         try:
@@ -231,17 +247,11 @@ def current_user() -> CurrentUser:
 
 
 def current_principal() -> Principal | None:
+    """The caller @authenticated verified, or None (anonymous)."""
     found = g.get("caller")
-    if found is None or not found.verified or found.user is None or found.claims is None:
+    if found is None or not found.verified:
         return None
-    user = found.user
-    raw_scopes = found.claims.get("scope")
-    token_scopes = (
-        {s for s in raw_scopes if isinstance(s, str)} if isinstance(raw_scopes, list) else set()
-    )
-    if not user.is_admin:
-        token_scopes.discard(ADMIN_SCOPE)
-    return Principal(user_id=user.id, public_id=user.public_id, scopes=frozenset(token_scopes))
+    return cast(Principal, found.principal())
 
 
 def require_principal() -> Principal:

@@ -7,7 +7,11 @@
                        signature and expiry, no I/O; the caller's subject keys limit and log
       4. limit + reads ONE Redis round trip: the caller's rate-limit hit, which returns its window
                        (app/core/limiting.py), pipelined with the reads the caller asked for
-                       (revocation, the user's cached state); a refused hit is a 429 here
+                       (revocation, the user's cached state) and, for a GET whose route declared
+                       @cached_read, its cache entry; a refused hit is a 429 here
+      4b. cached read  that entry's bytes answered with the view's own builder (single_json)
+                       when the route's render says the caller may see it (app/core/cached_read.py);
+                       the view (5-7) is then skipped, the finish (8-14) is not
     view
       5. enforce       @authenticated: a cheap check of what steps 3-4 found (401)
       6. validate      @blp.arguments (400)
@@ -36,10 +40,17 @@ from typing import Any, Protocol
 
 from flask import Flask, Request, Response, current_app, g, request
 
-from app.core import http_security, limiting
+from app.core import cached_read, http_security, limiting
 from app.core.context import request_id_var
-from app.core.errors import PayloadTooLarge, RateLimited, UnsupportedMediaType, UriTooLong
+from app.core.errors import (
+    PayloadTooLarge,
+    RateLimited,
+    Unauthenticated,
+    UnsupportedMediaType,
+    UriTooLong,
+)
 from app.core.metrics import UNMATCHED_ROUTE, record_request
+from app.core.security import Principal
 
 log = logging.getLogger("app.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -66,6 +77,10 @@ class Caller(Protocol):
         """The full check of the caller's credential (revocation, the user's current state)."""
         ...
 
+    def principal(self) -> Principal | None:
+        """The verified caller (None: anonymous); raises Unauthenticated for a refused token."""
+        ...
+
 
 class Anonymous:
     subject = None
@@ -78,6 +93,9 @@ class Anonymous:
 
     def is_valid(self) -> bool:
         return False
+
+    def principal(self) -> Principal | None:
+        return None
 
 
 Identifier = Callable[[Request], Caller]
@@ -103,7 +121,7 @@ def current_caller() -> Caller | None:
 # --- before -------------------------------------------------------------------------------------
 
 
-def before() -> None:
+def before() -> Response | None:
     g.started = time.perf_counter()
     incoming = request.headers.get("X-Request-ID", "")
     # fullmatch: `$` alone would let a trailing newline through, into the response header.
@@ -114,13 +132,31 @@ def before() -> None:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     caller = g.caller = app.extensions[IDENTIFIER](request)
     hit = limiting.request_hit(app)
-    window, replies = app.extensions["rate_limiter"].round_trip(hit, caller.reads())
-    caller.settle(replies)
+    limiter = app.extensions["rate_limiter"]
+    reads = caller.reads()
+    planned = cached_read.plan(app, limiter.client)
+    if planned is not None:
+        reads = [*reads, ("GET", planned.key)]
+    window, replies = limiter.round_trip(hit, reads)
+    caller.settle(replies[: len(reads) - 1] if planned is not None and replies else replies)
     if window is not None:
         g.rate_window = window
         if not window.admitted:
             limiting.on_breach(window)
             raise RateLimited(headers=window.headers())
+    if planned is not None and replies:
+        return _serve_cached(planned, replies[-1], caller)
+    return None
+
+
+def _serve_cached(planned: cached_read.Planned, raw: Any, caller: Caller) -> Response | None:
+    """Step 4b: a declared cached read answered from the entry's bytes (app/core/cached_read.py);
+    the view answers whatever this cannot (None)."""
+    try:
+        principal = caller.principal()
+    except Unauthenticated:
+        return None  # the view's @authenticated answers the 401
+    return cached_read.serve(planned, raw, principal)
 
 
 def _check_uri() -> None:

@@ -12,9 +12,11 @@ from werkzeug.routing import BaseConverter, ValidationError
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
 from app.core.api import ApiBlueprint, errors_doc, link, operation
 from app.core.cache import app_cache
+from app.core.cached_read import cached_read
 from app.core.http import cursor_codec, if_match, listing, page_params, single, single_json
 from app.core.idempotency import idempotent
 from app.core.pagination import PageArgsSchema
+from app.core.security import Principal
 from app.extensions import api, db
 from app.posts.models import Post
 from app.posts.schemas import (
@@ -25,7 +27,7 @@ from app.posts.schemas import (
     PostPutSchema,
     post_view,
 )
-from app.posts.service import PostService
+from app.posts.service import POST_KIND, PostService, anonymous_view
 from app.posts.slugs import SLUG_MAX, SLUG_MIN, SLUG_REGEX, is_well_formed
 
 blp = ApiBlueprint("posts", __name__, url_prefix="/api", description="Posts.")
@@ -70,6 +72,11 @@ OPTIONAL_AUTH = [*BEARER_AUTH, {}]
 
 def service() -> PostService:
     return PostService(db.session(), codec=cursor_codec(), cache=app_cache())
+
+
+def public_read(data: dict[str, Any], viewer: Principal | None) -> dict[str, Any] | None:
+    """A cached post for an anonymous reader (a signed-in one may see more: the view answers)."""
+    return None if viewer is not None else anonymous_view(data)
 
 
 def respond(post: Post, *, status: int = 200) -> Any:
@@ -118,6 +125,9 @@ class PostItem(MethodView):
     @operation(blp, "getPost", security=OPTIONAL_AUTH, conditional="read")
     @errors_doc(blp, 401, 404)
     @authenticated(optional=True)
+    @cached_read(
+        POST_KIND, "post_id", lambda data, viewer: None if viewer else anonymous_view(data)
+    )
     def get(self, post_id: uuid.UUID) -> Any:
         """Get a post (a draft only for its author and admins)."""
         snapshot = service().read(post_id, viewer=current_principal())

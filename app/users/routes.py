@@ -11,10 +11,12 @@ from flask.views import MethodView
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
 from app.core.api import ApiBlueprint, errors_doc, link, operation
 from app.core.cache import Cache, app_cache
+from app.core.cached_read import cached_read
 from app.core.http import cursor_codec, if_match, listing, page_params, single, single_json
 from app.core.idempotency import idempotent
 from app.core.limiting import route_limit
 from app.core.pagination import PageArgsSchema
+from app.core.security import Principal
 from app.extensions import db
 from app.users.models import User
 from app.users.representation import with_email
@@ -26,7 +28,7 @@ from app.users.schemas import (
     UserPutSchema,
     user_view,
 )
-from app.users.service import UserService, UserSnapshot
+from app.users.service import USER_KIND, UserService, UserSnapshot
 
 blp = ApiBlueprint("users", __name__, url_prefix="/api", description="Users.")
 
@@ -62,6 +64,13 @@ def respond_snapshot(snapshot: UserSnapshot, cache: Cache) -> Any:
         view = with_email(snapshot.public, snapshot.email(cache))
         return single_json(view, snapshot.version, variant=PRIVATE)
     return single_json(snapshot.public, snapshot.version)
+
+
+def public_read(data: dict[str, Any], viewer: Principal | None) -> dict[str, Any] | None:
+    """A cached user as `viewer` sees it, or None when the view must add the email."""
+    if viewer is not None and viewer.may_act_for(data["owner"]):
+        return None
+    return data["public"]
 
 
 def respond(user: User) -> Any:
@@ -105,6 +114,7 @@ class UserItem(MethodView):
     @operation(blp, "getUser", security=[*BEARER_AUTH, {}], conditional="read")
     @errors_doc(blp, 401, 404)
     @authenticated(optional=True)
+    @cached_read(USER_KIND, "user_id", public_read)  # served by the pipeline when cached
     def get(self, user_id: uuid.UUID) -> Any:
         """Get a user (the email only for the user themself and admins)."""
         users = service()
