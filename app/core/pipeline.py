@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from flask import Flask, Request, Response, current_app, g, request
+from flask.sessions import SessionInterface, SessionMixin
 
 from app.core import cached_read, http_security, limiting
 from app.core.context import request_id_var
@@ -101,8 +102,20 @@ class Anonymous:
 Identifier = Callable[[Request], Caller]
 
 
+class NoSessions(SessionInterface):
+    """A bearer-token JSON API keeps no cookie session: no signer is built per request, and a
+    write to `flask.session` fails loudly (NullSession)."""
+
+    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+        return self.make_null_session(app)
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        return None
+
+
 def init_pipeline(app: Flask) -> None:
     """Register the pipeline's hooks: the only before/after_request hooks of the app."""
+    app.session_interface = NoSessions()
     app.extensions.setdefault(IDENTIFIER, lambda _request: Anonymous())
     app.before_request(before)
     app.after_request(finish)
