@@ -10,13 +10,14 @@ from pathlib import Path
 import click
 from flask import Flask
 
+from app.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
-# Read from the environment by the code; written in several forms across the tree.
+# Read from the environment by the code besides Settings (app/settings), in several forms.
 _ENV_PATTERNS = (
-    r'env\.\w+\(\s*"([A-Z][A-Z0-9_]+)"',  # environs, app/config.py
-    r'os\.environ(?:\.get)?[\(\[]\s*"([A-Z][A-Z0-9_]+)"',  # os.environ["X"], .get("X")
+    r"os\.environ(?:\.get)?[\(\[]\s*[\"']([A-Z][A-Z0-9_]+)[\"']",  # os.environ["X"], .get("X")
     r'os\.getenv\(\s*"([A-Z][A-Z0-9_]+)"',
 )
 # Set for Python itself or by the test/bench harness, not settings an operator chooses.
@@ -31,7 +32,7 @@ def variables_read_by_the_code() -> set[str]:
         text = path.read_text()
         for pattern in _ENV_PATTERNS:
             names |= set(re.findall(pattern, text))
-    return names - _NOT_SETTINGS
+    return (names | Settings.variables()) - _NOT_SETTINGS
 
 
 def operations_section() -> str:
