@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError
 Field = dataclasses.Field[Any]
 # The settings read so far, by field name: what a default computed from other settings sees.
 Values = Mapping[str, Any]
-STRINGS = tuple[str, ...]
+STRINGS = tuple[str, ...]  # a comma-separated list
 
 
 class ConfigError(RuntimeError):
@@ -133,6 +133,8 @@ def read_variable(env: Env, field: Field, kind: Any) -> Any:
         return normalise(text.strip())
     if kind == STRINGS:
         return tuple(env.list(name))
+    if get_origin(kind) is Literal:
+        return text.strip()  # checked against the choices with every other value
     return getattr(env, _ENVIRONS_PARSERS[kind])(name)
 
 
