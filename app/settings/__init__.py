@@ -357,4 +357,5 @@ def _fields() -> Iterator[Field]:
     return (f for f in dataclasses.fields(Settings) if "env" in f.metadata)
 
 
-_KINDS = {f.name: kind_of(get_type_hints(Settings)[f.name]) for f in _fields()}
+_HINTS = get_type_hints(Settings)
+_KINDS = {f.name: kind_of(_HINTS[f.name]) for f in _fields()}
