@@ -4,6 +4,8 @@ line of its own saying what it does."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import itertools
 import re
 from pathlib import Path
@@ -69,3 +71,50 @@ def test_each_variable_appears_once_under_a_line_of_its_own() -> None:
             assert described, (
                 f"{match.group(1)} has no line of its own above it saying what it does"
             )
+
+
+# Settings read by a library rather than by our code: the Flask config key and its reader.
+READ_BY_LIBRARIES = {
+    "SECRET_KEY": "flask",
+    "MAX_CONTENT_LENGTH": "flask",
+    "SQLALCHEMY_DATABASE_URI": "flask_sqlalchemy",
+    "SQLALCHEMY_ECHO": "flask_sqlalchemy",
+    "JWT_SECRET_KEY": "flask_jwt_extended",
+    "JWT_ACCESS_TOKEN_EXPIRES": "flask_jwt_extended",
+    "RATELIMIT_ENABLED": "flask_limiter",
+    "RATELIMIT_STRATEGY": "flask_limiter",
+}
+
+
+def package_source(name: str) -> str:
+    spec = importlib.util.find_spec(name)
+    assert spec is not None
+    assert spec.origin is not None
+    return "\n".join(p.read_text() for p in Path(spec.origin).parent.rglob("*.py"))
+
+
+def our_code() -> str:
+    paths = [
+        ROOT / "gunicorn.conf.py",
+        *(ROOT / "app").rglob("*.py"),
+        *(ROOT / "worker").rglob("*.py"),
+    ]
+    paths += (ROOT / "migrations").rglob("*.py")
+    return "\n".join(p.read_text() for p in paths if p.parent.name != "settings")
+
+
+def test_every_setting_is_read_by_something() -> None:
+    """No dead setting: each is read by our code (by Flask key or attribute), or by a library."""
+    code, settings_code = our_code(), (ROOT / "app" / "settings" / "__init__.py").read_text()
+    libraries = {name: package_source(name) for name in set(READ_BY_LIBRARIES.values())}
+    for field in dataclasses.fields(Settings):
+        key = field.metadata.get("flask")
+        if "env" not in field.metadata:
+            continue
+        if key in READ_BY_LIBRARIES:
+            assert key in libraries[READ_BY_LIBRARIES[key]], f"{READ_BY_LIBRARIES[key]}: {key}?"
+        elif key:
+            assert re.search(rf"\b{key}\b", code), f"nothing reads {key}: remove it"
+        else:  # not in the Flask config: read as an attribute (engine options, the factory)
+            attribute = rf"\.{field.name}\b"
+            assert re.search(attribute, code + settings_code), f"nothing reads {field.name}"
