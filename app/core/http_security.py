@@ -37,7 +37,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask_compress import Compress
 from flask_cors import CORS
 
-from app.config import ConfigError
+from app.settings import ConfigError
 
 API_PATHS = re.compile(r"/api/.*")
 SENSITIVE = "http_security.sensitive_blueprints"  # app.extensions key: their names

@@ -28,8 +28,8 @@ import redis
 from flask import Flask, g, request
 from limits import parse_many
 
-from app.config import ConfigError
 from app.core.audit import security_event
+from app.settings import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 EXEMPT_BLUEPRINTS = frozenset({"ops", "api-docs"})
 EXEMPT_ENDPOINTS = frozenset({"swagger_ui_static", "metrics"})
 ROUTE_LIMIT_ATTR = "_route_limit"  # set by @route_limit on a view (method) function
+STRATEGY = "sliding-window-counter"  # the one strategy of the script below
 REDIS_PAUSE_SECONDS = 5.0  # after a Redis error, count in memory this long before trying again
 
 # KEYS[1] = this window's counter, KEYS[2] = the previous window's; ARGV = limit, period (ms),
@@ -233,6 +234,18 @@ def declared_limit(app: Flask, endpoint: str, method: str) -> str | None:
     return getattr(handler, ROUTE_LIMIT_ATTR, None)
 
 
+def route_limit_settings(app: Flask) -> set[str]:
+    """The settings every @route_limit of `app`'s views names."""
+    found = set()
+    for view in app.view_functions.values():
+        view_class = getattr(view, "view_class", None)
+        handlers = [getattr(view_class, m, None) for m in ("get", "post", "put", "patch", "delete")]
+        for handler in handlers if view_class is not None else [view]:
+            if (setting := getattr(handler, ROUTE_LIMIT_ATTR, None)) is not None:
+                found.add(setting)
+    return found
+
+
 def client_ip() -> str:
     """The client address; ProxyFix has already applied X-Forwarded-For when (and only when)
     TRUSTED_PROXY_COUNT says how many proxies to trust."""
@@ -260,8 +273,11 @@ def configure_limiter(app: Flask) -> RateLimiter:
 
     cfg: dict[str, Any] = app.config
     cfg.setdefault("RATELIMIT_STORAGE_URI", cfg.get("REDIS_URL") or "memory://")
-    for name in ("RATELIMIT_ANONYMOUS", "RATELIMIT_AUTHENTICATED"):
-        Rule.parse(str(cfg[name]))  # refuse a bad limit at start-up
+    strategy = str(cfg.get("RATELIMIT_STRATEGY") or STRATEGY)
+    if strategy != STRATEGY:
+        raise ConfigError(f"RATELIMIT_STRATEGY: only {STRATEGY!r} is implemented, not {strategy!r}")
+    for name in ("RATELIMIT_ANONYMOUS", "RATELIMIT_AUTHENTICATED", *route_limit_settings(app)):
+        Rule.parse(str(cfg[name]))  # one limit per setting, refused at start-up if not
     client = get_redis(cfg.get("REDIS_URL"))
     limiter = RateLimiter(
         client,
