@@ -32,8 +32,12 @@ from app import create_app
 from app.core.cache import Cache, app_cache, cache_key
 from app.core.pagination import CursorCodec
 from app.extensions import db
-from app.posts.service import POST_KIND, PostService, post_cache_data
-from app.users.service import USER_KIND, UserService, user_cache_data
+from app.posts.cache import POST_KIND
+from app.posts.cache import entry_data as post_cache_data
+from app.posts.service import PostService
+from app.users.cache import USER_KIND
+from app.users.cache import entry_data as user_cache_data
+from app.users.service import UserService
 from tests.conftest import CACHE_DIR, REDIS_URL, Account, reset_cache, reset_redis, test_config
 from tests.live import free_port, live_server
 

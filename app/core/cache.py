@@ -32,15 +32,18 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pybreaker
 import redis
 from cryptography.fernet import Fernet
 
 from app.core.metrics import record_cache_read
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger(__name__)
 
@@ -560,43 +563,47 @@ def app_cache() -> Cache:
     return cache
 
 
+# Warming: each domain registers a warmer for its own kinds (app/users/cache.py, ...) --------
+
+# (cache, session, limit, batch) -> how many entries it filled.
+Warmer = Callable[[Cache, Any, int, int], int]
+WARMERS_KEY = "cache_warmers"
+
+
+def register_warmer(app: Flask, name: str, warmer: Warmer) -> None:
+    """Make `warm` (the `cache.warm` task, `flask cache warm`) fill `name` with `warmer`."""
+    app.extensions.setdefault(WARMERS_KEY, {})[name] = warmer
+
+
 def warm(cache: Cache, session: Any, *, limit: int, batch: int = 500) -> dict[str, int]:
-    """Cache the most recent `limit` users and posts, `batch` rows per pipelined write.
-
-    Idempotent and safe beside live writes: each entry goes through the version compare.
+    """Run every registered warmer (the most recent `limit` rows of each, `batch` per pipelined
+    write). Idempotent and safe beside live writes: each entry goes through the version compare.
     """
-    import sqlalchemy as sa
-    from sqlalchemy.orm import contains_eager
+    from flask import current_app
 
-    from app.posts.models import Post
-    from app.posts.service import POST_KIND, post_cache_data
-    from app.users.models import User
-    from app.users.service import USER_KIND, user_cache_data
-
-    warmed = {"users": 0, "posts": 0}
+    warmers: dict[str, Warmer] = current_app.extensions.get(WARMERS_KEY, {})
     if not cache.enabled or limit <= 0:
-        return warmed
-    users = sa.select(User).order_by(User.created_at.desc(), User.id.desc()).limit(limit)
-    posts = (
-        sa.select(Post)
-        .join(Post.author)
-        .options(contains_eager(Post.author))
-        .order_by(Post.created_at.desc(), Post.id.desc())
-        .limit(limit)
-    )
-    for kind, stmt, build, counter in (
-        (USER_KIND, users, lambda u: user_cache_data(u, cache), "users"),
-        (POST_KIND, posts, post_cache_data, "posts"),
-    ):
-        rows = session.scalars(stmt.execution_options(yield_per=batch))
-        chunk: list[tuple[object, int, dict[str, Any]]] = []
-        for row in rows:
-            chunk.append((row.public_id, row.version, build(row)))
-            if len(chunk) >= batch:
-                cache.fill_many(kind, chunk)
-                warmed[counter] += len(chunk)
-                chunk = []
-        if chunk:
+        return dict.fromkeys(warmers, 0)
+    return {name: warmer(cache, session, limit, batch) for name, warmer in warmers.items()}
+
+
+def fill_in_batches(
+    cache: Cache,
+    kind: str,
+    rows: Iterable[Any],
+    build: Callable[[Any], dict[str, Any]],
+    batch: int,
+) -> int:
+    """Fill `kind` from rows with `public_id` and `version`, `batch` entries per write."""
+    filled = 0
+    chunk: list[tuple[object, int, dict[str, Any]]] = []
+    for row in rows:
+        chunk.append((row.public_id, row.version, build(row)))
+        if len(chunk) >= batch:
             cache.fill_many(kind, chunk)
-            warmed[counter] += len(chunk)
-    return warmed
+            filled += len(chunk)
+            chunk = []
+    if chunk:
+        cache.fill_many(kind, chunk)
+        filled += len(chunk)
+    return filled
