@@ -31,7 +31,7 @@ def create_app(config: dict[str, Any] | None = None, *, role: Role = "web") -> F
     app.extensions["role"] = role
 
     register_data(app)
-    register_domain_effects(app)
+    register_domains(app)
     register_celery(app, role)
     if role == "worker":
         return app  # logging: the worker's setup_logging receiver (worker/__init__.py)
@@ -58,15 +58,18 @@ def register_data(app: Flask) -> None:
             event.listen(db.engine, "connect", sqlite_pragmas)
 
 
-def register_domain_effects(app: Flask) -> None:
-    """What follows each event after its commit (one table), and each domain's cache warmer."""
+def register_domains(app: Flask) -> None:
+    """What the shared machinery runs for the domains: the effects of each event after its
+    commit (one table), each domain's cache warmer, and its backfills."""
     from app.events.handlers import init_app as register_event_handlers
+    from app.posts import backfills as post_backfills
     from app.posts import cache as post_cache
     from app.users import cache as user_cache
 
     register_event_handlers(app)
     user_cache.register(app)
     post_cache.register(app)
+    post_backfills.register(app)
 
 
 def register_celery(app: Flask, role: Role) -> None:
