@@ -114,7 +114,8 @@ def test_a_worker_builds_only_what_it_uses(database_uri) -> None:
     worker_app = create_app(test_config(database_uri), role="worker")
     assert worker_app.blueprints == {}  # no routes, hence no Swagger UI either
     assert set(worker_app.view_functions) == {"static"}
-    assert not worker_app.before_request_funcs and not worker_app.after_request_funcs
+    assert not worker_app.before_request_funcs
+    assert not worker_app.after_request_funcs
     assert not {"limiter", "compress", "cors", "flask-smorest"} & set(worker_app.extensions)
     assert worker_app.extensions["celery"] is celery
     assert celery.flask_app is worker_app
