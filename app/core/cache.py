@@ -11,8 +11,8 @@ fills and its warmer (app/users/cache.py, app/posts/cache.py); which write inval
 app/events/handlers.py's table.
 
 Backends (app/core/cache_backends.py): Redis in production (a Lua script does the
-compare-and-set atomically); on the embedded default a diskcache directory under instance/ (SQLite-backed, shared by every process
-on the host). Redis calls go through a circuit breaker (pybreaker, state in process memory, as a
+compare-and-set atomically); on the embedded default a diskcache directory under instance/
+(SQLite-backed, shared by every process on the host). Redis calls go through a circuit breaker (pybreaker, state in process memory, as a
 breaker that protects Redis must not keep its state in that Redis): after a few failures the
 cache is skipped for a cool-down, reads go straight to the database and nothing fails.
 
