@@ -12,9 +12,10 @@ app/events/handlers.py's table.
 
 Backends (app/core/cache_backends.py): Redis in production (a Lua script does the
 compare-and-set atomically); on the embedded default a diskcache directory under instance/
-(SQLite-backed, shared by every process on the host). Redis calls go through a circuit breaker (pybreaker, state in process memory, as a
-breaker that protects Redis must not keep its state in that Redis): after a few failures the
-cache is skipped for a cool-down, reads go straight to the database and nothing fails.
+(SQLite-backed, shared by every process on the host). Redis calls go through a circuit breaker
+(pybreaker, state in process memory, as a breaker that protects Redis must not keep its state in
+that Redis): after a few failures the cache is skipped for a cool-down, reads go straight to the
+database and nothing fails.
 
 List aggregates (a user's post count) cannot carry a row version, so they use a *generation*
 instead: `postboard:cache:<SCHEMA>:<gen kind>:<owner>` holds an opaque number that every write
