@@ -69,14 +69,12 @@ class PostboardCelery(Celery):
 
     def init_app(self, app: Flask, *, role: str = "web") -> None:
         """Configure from `app.config` (a later app rebinds: tests build several)."""
-        config = celery_config(app.config, role=role)
-        if self.flask_app is not None and (
-            self.conf.broker_url != config["broker_url"]
-            or self.conf.result_backend != config["result_backend"]
-        ):
+        if self.flask_app is not None and self.flask_app is not app:
+            # Its broker or backend may differ (Celery may also prefer CELERY_BROKER_URL and
+            # CELERY_RESULT_BACKEND from the environment to these settings): start afresh.
             self._forget_connections()
         self.flask_app = app
-        self.conf.update(config)
+        self.conf.update(celery_config(app.config, role=role))
         self.conf.beat_schedule = {
             entry: {"task": task, "schedule": every(app.config)}
             for entry, (task, every) in self.periodic.items()
