@@ -77,6 +77,7 @@ class UnitOfWork:
     ) -> None:
         if exc_type is not None:
             self.session.rollback()
+            self._recorded.clear()  # nothing happened: no effect may follow
             # A flush inside the block (e.g. to get an id) can hit the same unique indexes and
             # version checks as the commit: the client gets the same 409, never a 500.
             conflict = _conflict(exc)
