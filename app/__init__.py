@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from flask import Flask
 from sqlalchemy import event
 
-from app.config import INSTANCE_DIR, load_config
+from app.settings import Settings
 
 Role = Literal["web", "worker"]
 
 
-def create_app(config: dict[str, Any] | None = None, *, role: Role = "web") -> Flask:
-    """Build the app; `config` overrides settings read from the environment. A worker
-    (`role="worker"`) builds only what tasks use: no blueprints, limiter, CORS, compression,
-    metrics hooks, Swagger, error pages or CLI."""
-    settings = load_config(
-        (config or {}).get("APP_ENV"), {k: v for k, v in (config or {}).items() if k != "APP_ENV"}
-    )
-    app = Flask(__name__, instance_path=str(INSTANCE_DIR), instance_relative_config=False)
-    app.config.update(settings)
-    app.config["JWT_ACCESS_TOKEN_EXPIRES"] = timedelta(seconds=settings["JWT_ACCESS_TOKEN_EXPIRES"])
-    app.config["JWT_REFRESH_TOKEN_EXPIRES"] = timedelta(
-        seconds=settings["JWT_REFRESH_TOKEN_EXPIRES"]
-    )
+def create_app(
+    settings: Settings | Mapping[str, Any] | None = None, *, role: Role = "web"
+) -> Flask:
+    """Build the app from `settings`, or from the environment with these overrides (checked).
+    A worker (`role="worker"`) builds only what tasks use: no blueprints, limiter, CORS,
+    compression, metrics hooks, Swagger, error pages or CLI."""
+    if not isinstance(settings, Settings):
+        settings = Settings.from_env(**(settings or {}))
+    app = Flask(__name__, instance_path=str(settings.instance_dir), instance_relative_config=False)
+    app.config.from_mapping(settings.to_flask_config())
+    app.extensions["settings"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the envelope's field order
-    INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+    settings.instance_dir.mkdir(parents=True, exist_ok=True)
     app.extensions["role"] = role
 
     register_data(app)
@@ -95,7 +93,6 @@ def register_extensions(app: Flask) -> None:
     app.config.update(
         JWT_TOKEN_LOCATION=["headers"],
         JWT_DECODE_ALGORITHMS=[app.config["JWT_ALGORITHM"]],  # never "none"
-        JWT_BLACKLIST_ENABLED=True,
         API_SPEC_OPTIONS={
             "components": {
                 "securitySchemes": {
