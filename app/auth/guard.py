@@ -25,16 +25,15 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 
 from app.auth.blocklist import KEY_PREFIX, TokenBlocklist, family_key
 from app.auth.service import AuthService, family_of
-from app.auth.throttle import account_throttle
 from app.core.audit import security_event
 from app.core.cache import app_cache, cache_key, decode_entry
 from app.core.errors import Unauthenticated
-from app.core.http import cursor_codec
 from app.core.pipeline import identify_with
 from app.core.redis_client import get_redis
 from app.core.security import ADMIN_SCOPE, CurrentUser, Principal
 from app.extensions import db
-from app.users.service import USER_KIND, UserService
+from app.users.cache import USER_KIND, snapshot
+from app.users.service import UserService
 
 F = TypeVar("F", bound=Callable[..., Any])
 BEARER_AUTH: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -47,15 +46,7 @@ def blocklist() -> TokenBlocklist:
 
 
 def auth_service() -> AuthService:
-    config = current_app.config
-    return AuthService(
-        db.session(),
-        blocklist=blocklist(),
-        throttle=account_throttle(),
-        access_ttl=int(config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()),
-        refresh_ttl=int(config["JWT_REFRESH_TOKEN_EXPIRES"].total_seconds()),
-        email_secret=config["SECRET_KEY"],
-    )
+    return AuthService.from_app()
 
 
 class TokenCaller:
@@ -152,12 +143,11 @@ class TokenCaller:
             return None
         if self.user_entry is not _UNREAD:
             entry = decode_entry(self.user_entry)
-            if entry is not None:
+            if entry is not None:  # read in the round trip: the domain's own snapshot of it
                 app_cache().note_read(USER_KIND, hit=True)
-                data = entry["d"]
-                return CurrentUser(int(data["owner"]), public_id, bool(data["admin"]))
-        users = UserService(db.session(), codec=cursor_codec(), cache=app_cache())
-        return users.current_user(public_id)
+                cached = snapshot(entry["d"], entry["v"])
+                return CurrentUser(cached.owner_id, public_id, cached.is_admin)
+        return UserService.from_app().current_user(public_id)
 
 
 VERIFIED_TOKENS = 4096  # tokens whose signature this process has checked, remembered
