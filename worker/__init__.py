@@ -12,6 +12,7 @@ from celery.signals import before_task_publish, setup_logging, task_postrun, tas
 from flask import Flask
 
 from app.core.context import request_id_var
+from app.core.redis_client import celery_transport_options
 from worker import metrics as _task_metrics  # noqa: F401  # connects the task-metric signals
 
 
@@ -28,18 +29,20 @@ def make_celery(flask_app: Flask) -> Celery:
     # Redis re-delivers an unacked task after the visibility timeout: longer than any task runs.
     # A worker restores such tasks when it starts, and in a periodic sweep (kombu 5.7: about every
     # 100 s, unacked_restore_interval x unacked_restore_throttle).
-    redis_options = {"visibility_timeout": int(cfg["CELERY_VISIBILITY_TIMEOUT"])}
-    is_redis = str(cfg["CELERY_BROKER_URL"]).startswith(("redis://", "rediss://"))
-    backend_is_redis = str(cfg["CELERY_RESULT_BACKEND"]).startswith(("redis://", "rediss://"))
+    # Every Redis call of the broker and the result backend is bounded (app/core/redis_client.py).
     celery.conf.update(
+        **celery_transport_options(
+            cfg["CELERY_BROKER_URL"],
+            cfg["CELERY_RESULT_BACKEND"],
+            consumer=True,
+            visibility_timeout=int(cfg["CELERY_VISIBILITY_TIMEOUT"]),
+        ),
         broker_url=cfg["CELERY_BROKER_URL"],
         result_backend=cfg["CELERY_RESULT_BACKEND"],
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
-        broker_transport_options=redis_options if is_redis else {},
-        result_backend_transport_options=redis_options if backend_is_redis else {},
         result_expires=3600,
         task_time_limit=300,
         task_soft_time_limit=240,

@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+import pybreaker
 import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.auth.models import RevokedToken
+from app.core.redis_client import REDIS_ERRORS, redis_breaker
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "postboard:blocklist:"
@@ -32,9 +34,17 @@ def family_key(family: str) -> str:
 
 
 class TokenBlocklist:
-    def __init__(self, session: Session, redis_client: redis.Redis | None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        redis_client: redis.Redis | None,
+        breaker: pybreaker.CircuitBreaker | None = None,
+    ) -> None:
         self.session = session
         self.redis = redis_client
+        # While Redis is down the breaker is open and the check goes straight to the database,
+        # instead of paying a failing Redis call on every request.
+        self.breaker = breaker or redis_breaker("blocklist")
 
     def revoke(self, jti: str, expires_at: datetime) -> bool:
         """Record the revocation (the caller's transaction commits it); False if already revoked.
@@ -59,8 +69,11 @@ class TokenBlocklist:
             return
         ttl = max(1, int((expires_at - datetime.now(UTC)).total_seconds()) + 1)
         try:
-            self.redis.set(KEY_PREFIX + jti, b"1", ex=ttl)
-        except redis.RedisError:
+            with self.breaker.calling():
+                self.redis.set(KEY_PREFIX + jti, b"1", ex=ttl)
+        except pybreaker.CircuitBreakerError:
+            pass  # Redis is down: the database row holds, beat's resync copies it later
+        except REDIS_ERRORS:
             log.warning("blocklist_redis_unavailable", extra={"op": "mirror"})
 
     def mirror_family(self, family: str, expires_at: datetime) -> None:
@@ -70,17 +83,28 @@ class TokenBlocklist:
         """Is the token `jti`, or its `family`, revoked? One Redis EXISTS over both keys, or (no
         Redis, or Redis unreachable) one query."""
         keys = [jti] if family is None else [jti, family_key(family)]
-        if self.redis is not None:
-            try:
-                return int(self.redis.exists(*(KEY_PREFIX + key for key in keys))) > 0
-            except redis.RedisError:
-                log.warning("blocklist_redis_unavailable", extra={"op": "check"})
+        found = self._redis_exists([KEY_PREFIX + key for key in keys])
+        if found is not None:
+            return found
         return (
             self.session.scalar(
                 sa.select(RevokedToken.jti).where(RevokedToken.jti.in_(keys)).limit(1)
             )
             is not None
         )
+
+    def _redis_exists(self, keys: list[str]) -> bool | None:
+        """Does Redis hold any of `keys`? None when Redis is off, failing or its breaker open."""
+        if self.redis is None:
+            return None
+        try:
+            with self.breaker.calling():
+                return int(self.redis.exists(*keys)) > 0
+        except pybreaker.CircuitBreakerError:
+            return None  # open: Redis failed recently, the database answers until it resets
+        except REDIS_ERRORS:
+            log.warning("blocklist_redis_unavailable", extra={"op": "check"})
+            return None
 
     def resync(self) -> int:
         """Copy every unexpired revocation from the database to Redis.

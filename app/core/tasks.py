@@ -13,6 +13,7 @@ from celery import Celery
 from flask import current_app
 
 from app.core.context import current_request_id
+from app.core.redis_client import celery_transport_options
 
 log = logging.getLogger(__name__)
 _producers: dict[str, Celery] = {}
@@ -28,7 +29,7 @@ def producer() -> Celery:
             task_serializer="json",
             accept_content=["json"],
             broker_connection_retry_on_startup=True,
-            broker_transport_options={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
+            **celery_transport_options(broker, cfg["CELERY_RESULT_BACKEND"]),
         )
         _producers[broker] = app
     return app
@@ -42,7 +43,13 @@ def enqueue(name: str, *args: Any) -> bool:
     if not current_app.config.get("TASKS_ENABLED", True):
         return False
     try:
-        producer().send_task(name, args=list(args), headers={"x_request_id": current_request_id()})
+        # ignore_result: the web never reads a result, so no per-task result subscription.
+        producer().send_task(
+            name,
+            args=list(args),
+            headers={"x_request_id": current_request_id()},
+            ignore_result=True,
+        )
         return True
     except Exception as exc:  # the write is committed; a lost follow-up must not fail the reply
         log.warning("task_publish_failed", extra={"task": name, "error": type(exc).__name__})

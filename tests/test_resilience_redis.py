@@ -1,0 +1,260 @@
+"""System drill: a real redis-server dies under load and comes back (docs/operations-failures.md).
+
+A private redis-server (its own port, killed and restarted by the test, never the shared one)
+backs the cache, the blocklist, the rate limiter and the Celery broker of a real gunicorn on the
+test PostgreSQL database. Client threads read and write while Redis is killed for a few seconds
+and restarted from a snapshot taken just before (the worst case for coherence: it comes back
+holding entries older than the writes made while it was away). Asserted: no 5xx; after the first
+second of the outage p99 latency stays small; /health says degraded within a second; every
+acknowledged write is in the database; no read is stale, then or after Redis is back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from flask import Flask
+
+from app.extensions import db
+from app.posts.models import Post
+from tests.conftest import PASSWORD, needs_postgres, unique
+from tests.live import Http, Recorder, free_port, live_server, percentile, run_clients
+
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = [
+    pytest.mark.slow,
+    needs_postgres,
+    pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server binary on PATH"),
+]
+
+# Generous for a loaded 2-core machine running the drill beside other work; the issue's target
+# (100 ms) is what the drill reports. An answer waiting out redis-py's default retries takes
+# seconds, so the bound still fails when a client lacks its budget.
+OUTAGE_P99_BOUND = 0.25
+OUTAGE_SECONDS = 5.0
+
+
+class PrivateRedis:
+    """A redis-server of this test's own: no automatic persistence, one explicit snapshot."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    def url(self, number: int) -> str:
+        return f"redis://127.0.0.1:{self.port}/{number}"
+
+    def start(self) -> None:
+        log = (self.workdir / "redis.log").open("a")
+        self.proc = subprocess.Popen(
+            [
+                *(str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
+                *("--dir", str(self.workdir), "--dbfilename", "drill.rdb"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    pytest.fail("private redis-server did not start")
+                time.sleep(0.05)
+            except redis.BusyLoadingError:
+                time.sleep(0.05)
+        client.close()
+
+    def snapshot_and_kill(self) -> None:
+        """SAVE what Redis holds now, then SIGKILL it: a restart reloads that older state."""
+        client = redis.Redis(port=self.port)
+        client.save()
+        client.close()
+        self.stop(signal.SIGKILL)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+class Writer:
+    """A user editing their own published post in a loop; remembers the last acknowledged title
+    and every read that did not show the write just acknowledged."""
+
+    def __init__(self, recorder: Recorder, http: Http) -> None:
+        self.recorder = recorder
+        name = unique("rw")
+        status, _, body = http.call(
+            "POST",
+            "/api/users",
+            {"email": f"{name}@example.com", "username": name, "password": PASSWORD},
+        )
+        assert status == 201, body
+        self.user_id: str = body["data"]["id"]
+        _, _, body = http.call(
+            "POST", "/api/auth/login", {"email": f"{name}@example.com", "password": PASSWORD}
+        )
+        self.headers = {"Authorization": f"Bearer {body['data']['access_token']}"}
+        status, _, body = http.call(
+            "POST",
+            f"/api/users/{self.user_id}/posts",
+            {"title": "start", "body": "drill", "status": "published"},
+            self.headers,
+        )
+        assert status == 201, body
+        self.post_id: str = body["data"]["id"]
+        self.acked: list[tuple[float, str]] = []  # (when acknowledged, title)
+        self.stale: list[tuple[float, str, str, str]] = []  # (when, how, expected, got)
+
+    def loop(self, stop: threading.Event) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            title = f"t{n}-{uuid.uuid4().hex[:6]}"
+            status, _, _ = self.recorder.call(
+                "write", "PATCH", f"/api/posts/{self.post_id}", {"title": title}, self.headers
+            )
+            if status != 200:
+                continue
+            self.acked.append((time.monotonic(), title))
+            for how, headers in (("author", self.headers), ("anonymous", None)):
+                status, _, body = self.recorder.call(
+                    "read", "GET", f"/api/posts/{self.post_id}", headers=headers
+                )
+                if status == 200 and body["data"]["title"] != title:
+                    self.stale.append((time.monotonic(), how, title, body["data"]["title"]))
+
+
+def reader_loop(recorder: Recorder, writers: list[Writer]) -> Any:
+    def loop(stop: threading.Event) -> None:
+        i = 0
+        while not stop.is_set():
+            writer = writers[i % len(writers)]
+            i += 1
+            recorder.call("read", "GET", f"/api/users/{writer.user_id}")
+            recorder.call("read", "GET", f"/api/users/{writer.user_id}", headers=writer.headers)
+            recorder.call("read", "GET", "/api/posts?per_page=5")
+
+    return loop
+
+
+def health_loop(recorder: Recorder) -> Any:
+    def loop(stop: threading.Event) -> None:
+        while not stop.is_set():
+            recorder.call("health", "GET", "/health")
+            time.sleep(0.05)
+
+    return loop
+
+
+def test_redis_killed_under_load_costs_no_error_no_stall_no_lost_or_stale_write(
+    app: Flask, tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    env = {
+        "REDIS_URL": private_redis.url(0),
+        "CELERY_BROKER_URL": private_redis.url(1),
+        "CELERY_RESULT_BACKEND": private_redis.url(1),
+        "TASKS_ENABLED": "true",  # publish write-through tasks to the (dying) broker too
+        "RATELIMIT_ENABLED": "true",  # the limiter on Redis, falling back to memory
+        "RATELIMIT_ANONYMOUS": "100000/minute",
+        "RATELIMIT_AUTHENTICATED": "100000/minute",
+        "RATELIMIT_REGISTER": "1000/minute",
+        "RATELIMIT_LOGIN": "1000/minute",
+        "CACHE_BREAKER_RESET_SECONDS": "1",  # so the drill sees the cache come back
+    }
+    with live_server(app, tmp_path, **env) as (http, _proc):
+        recorder = Recorder(http)
+        writers = [Writer(recorder, http) for _ in range(2)]
+        loops = [w.loop for w in writers]
+        loops += [reader_loop(recorder, writers) for _ in range(2)]
+        loops.append(health_loop(recorder))
+        stop = threading.Event()
+        threads = run_clients(loops, stop)
+        try:
+            time.sleep(2.0)  # warm: the cache fills
+            down = time.monotonic()
+            private_redis.snapshot_and_kill()
+            time.sleep(OUTAGE_SECONDS)
+            private_redis.start()  # back, holding the state from before the outage
+            up = time.monotonic()
+            time.sleep(4.0)  # the breakers reset, owed tombstones are written
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=20)
+        end = time.monotonic()
+        status, _, body = http.call("GET", "/health")
+        assert (status, body["status"]) == (200, "healthy"), body
+
+        # Every acknowledged write is in the database, and served once Redis is back.
+        with app.app_context():
+            for writer in writers:
+                stored = db.session.scalar(
+                    sa.select(Post.title).where(Post.public_id == uuid.UUID(writer.post_id))
+                )
+                assert writer.acked
+                assert stored == writer.acked[-1][1]
+                _, _, got = http.call("GET", f"/api/posts/{writer.post_id}")
+                assert got["data"]["title"] == stored
+            db.session.remove()
+
+    samples = recorder.between(0, end)
+    failures = [(s.op, s.status, s.body) for s in samples if s.status == 0 or s.status >= 500]
+    assert not failures, failures[:5]
+    stale = [entry for writer in writers for entry in writer.stale]
+    assert not stale, [(round(when - up, 2), *rest) for when, *rest in stale][:5]
+
+    # Latency while Redis is dead, after its first second.
+    served = [s for s in recorder.between(down + 1.0, up) if s.op != "health"]
+    latencies = [s.seconds for s in served]
+    assert len(served) >= 20, f"only {len(served)} requests during the outage"
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    writes = [s for s in served if s.op == "write" and s.status == 200]
+    assert writes, "no write was acknowledged while Redis was down"
+    print(
+        f"\nredis down: {len(served)} requests in {up - down - 1.0:.1f} s, "
+        f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms, "
+        f"{len(writes)} writes acknowledged"
+    )
+    assert p99 < OUTAGE_P99_BOUND, (p50, p99)
+
+    # /health: degraded within a second of the kill, and never slow while Redis is dead.
+    health = [s for s in recorder.between(down, up) if s.op == "health"]
+    degraded = [s for s in health if s.body and s.body.get("status") == "degraded"]
+    assert degraded, [(s.status, s.body) for s in health][:5]
+    first = degraded[0].started + degraded[0].seconds - down
+    print(
+        f"health degraded {first * 1000:.0f} ms after the kill; slowest probe "
+        f"{max(s.seconds for s in health) * 1000:.0f} ms"
+    )
+    assert first < 1.0
+    assert all(s.seconds < 1.0 for s in health)
