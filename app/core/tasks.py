@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pybreaker
 from celery import Celery
 from flask import current_app
 
 from app.core.context import current_request_id
-from app.core.redis_client import celery_transport_options
+from app.core.redis_client import celery_transport_options, redis_breaker
 
 log = logging.getLogger(__name__)
 _producers: dict[str, Celery] = {}
@@ -43,14 +44,18 @@ def enqueue(name: str, *args: Any) -> bool:
     if not current_app.config.get("TASKS_ENABLED", True):
         return False
     try:
-        # ignore_result: the web never reads a result, so no per-task result subscription.
-        producer().send_task(
-            name,
-            args=list(args),
-            headers={"x_request_id": current_request_id()},
-            ignore_result=True,
-        )
+        # The breaker: while the broker is down a write skips the publish instead of paying a
+        # timeout. ignore_result: the web never reads a result, so no result subscription.
+        with redis_breaker("broker").calling():
+            producer().send_task(
+                name,
+                args=list(args),
+                headers={"x_request_id": current_request_id()},
+                ignore_result=True,
+            )
         return True
+    except pybreaker.CircuitBreakerError:
+        return False  # the broker failed just now: this follow-up is lost, as on a failure
     except Exception as exc:  # the write is committed; a lost follow-up must not fail the reply
         log.warning("task_publish_failed", extra={"task": name, "error": type(exc).__name__})
         return False
