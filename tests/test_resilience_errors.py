@@ -36,9 +36,14 @@ from tests.live import free_port, percentile
 
 
 @pytest.fixture(params=["refusing", "silent"])
-def dead_redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+def dead_redis_url(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     """A Redis URL nobody answers on: nothing listening, or a socket that accepts connections
     (the kernel completes the handshake) and never replies, as a hung server does."""
+    # Celery prefers these environment variables to the broker URL it is given.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
     if request.param == "refusing":
         yield f"redis://127.0.0.1:{free_port()}/0"
         return

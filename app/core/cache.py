@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 SCHEMA = "v2"  # bump when a cached shape changes: a deploy never reads an old shape
 PREFIX = "postboard:cache"
 STATS_KEY = "postboard:cache-stats"
+# How often owed tombstones and bumps are retried in the background (each try goes through the
+# breaker, so while it is open a try costs nothing and the reset timeout paces real attempts).
+REPLAY_INTERVAL_SECONDS = 0.5
 
 # KEYS[1] = entry, ARGV[1] = new JSON, ARGV[2] = its version, ARGV[3] = TTL seconds.
 # Refuses (returns 0) when the stored entry (value or tombstone) is newer.
@@ -323,6 +326,7 @@ class Cache:
         # Generation bumps that could not be written, the same way (key -> sequence number).
         self._pending_bumps: dict[str, int] = {}
         self._bump_seq = 0
+        self._replayer: threading.Timer | None = None
         self.aggregate_ttl = aggregate_ttl if aggregate_ttl is not None else ttl
         # A generation outlives the entries stored under it (an expired one only costs a miss).
         self._gen_ttl = 2 * self.aggregate_ttl
@@ -395,6 +399,23 @@ class Cache:
             with self._lock:
                 for key, payload, version in items:
                     self._pending[key] = (payload, version)
+            self._replay_soon()
+
+    def _replay_soon(self) -> None:
+        """Retry what is owed from a timer thread, not only on this process's next request:
+        other processes may read those entries from Redis as soon as it is back."""
+        with self._lock:
+            if self._replayer is not None:
+                return
+            self._replayer = threading.Timer(REPLAY_INTERVAL_SECONDS, self._replay)
+            self._replayer.daemon = True
+            self._replayer.start()
+
+    def _replay(self) -> None:
+        with self._lock:
+            self._replayer = None
+        if not self._flush_pending():
+            self._replay_soon()
 
     def _flush_pending(self) -> bool:
         """Write the tombstones and generation bumps the cache missed while down; True once none
@@ -498,6 +519,7 @@ class Cache:
                 for key in keys:
                     self._bump_seq += 1
                     self._pending_bumps[key] = self._bump_seq
+            self._replay_soon()
 
     def _count(self, *, miss: bool) -> None:
         with self._lock:
