@@ -630,7 +630,7 @@ def test_a_write_while_redis_is_down_is_not_undone_by_a_restart_from_persisted_d
     database_uri, client, account, own_redis: OwnRedis
 ) -> None:
     """The tombstone the outage swallowed is written first when Redis is back (per process:
-    a process that exits before then leaves the TTL as the bound, see README)."""
+    a process that exits before then leaves the TTL as the bound, see docs/caching.md)."""
     app2 = create_app(
         test_config(database_uri, REDIS_URL=own_redis.url, CACHE_BREAKER_RESET_SECONDS=0.2)
     )
