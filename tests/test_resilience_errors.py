@@ -94,9 +94,10 @@ def test_a_dead_redis_costs_requests_no_error_and_no_stall(app: Flask, dead_redi
         assert "X-RateLimit-Limit" in response.headers  # the in-memory fallback still limits
     assert client.get(f"/api/users/{user_id}").json["data"]["bio"] == "b33"
     shown = [f"{x:.3f}" for x in latencies]
-    # Until each breaker has seen its few failures a request may pay a timeout or two (a
-    # silent Redis: 0.25 s each); with redis-py's default retries one call alone takes seconds.
-    assert max(latencies[:5]) < 1.5, shown
+    # Until each breaker has seen its few failures a request pays a timeout per Redis call (a
+    # silent Redis: 0.25 s each; a write makes several: limiter, blocklist, cache, publish);
+    # with redis-py's default retries one call alone takes seconds.
+    assert sum(latencies[:5]) < 3.0, shown
     assert percentile(latencies[5:], 0.99) < 0.25, shown
 
     began = time.monotonic()
@@ -118,7 +119,7 @@ def test_publishing_to_a_dead_broker_gives_up_within_a_second(
             TASKS_ENABLED=True,
         )
     )
-    redis_breaker("broker").close()  # closed: this publish really tries the dead broker
+    redis_breaker("broker@" + dead_redis_url).close()  # this publish really tries the broker
     with dead.app_context():
         began = time.monotonic()
         assert enqueue("cache.warm") is False

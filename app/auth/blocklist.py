@@ -59,7 +59,9 @@ class TokenBlocklist:
         self.redis = redis_client
         # While Redis is down the breaker is open and the check goes straight to the database,
         # instead of paying a failing Redis call on every request.
-        self.breaker = breaker or redis_breaker("blocklist")
+        if breaker is None and redis_client is not None:
+            breaker = redis_breaker("blocklist@" + _store_of(redis_client))
+        self.breaker = breaker or pybreaker.CircuitBreaker()
 
     def revoke(self, jti: str, expires_at: datetime) -> bool:
         """Record the revocation (the caller's transaction commits it); False if already revoked.

@@ -74,8 +74,9 @@ def get_redis(url: str | None) -> redis.Redis | None:
 
 
 def redis_breaker(name: str, config: Mapping[str, Any] | None = None) -> pybreaker.CircuitBreaker:
-    """A circuit breaker per use (`name`) and process, its state in memory: after a few failed
-    calls it opens and callers skip Redis until the reset timeout lets one call try again."""
+    """A circuit breaker per `name` (a use and the Redis it calls, e.g. "blocklist@host:6379/0")
+    and process, its state in memory: after a few failed calls it opens and callers skip Redis
+    until the reset timeout lets one call try again."""
     breaker = _breakers.get(name)
     if breaker is None:
         with _lock:

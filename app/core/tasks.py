@@ -46,7 +46,7 @@ def enqueue(name: str, *args: Any) -> bool:
     try:
         # The breaker: while the broker is down a write skips the publish instead of paying a
         # timeout. ignore_result: the web never reads a result, so no result subscription.
-        with redis_breaker("broker").calling():
+        with redis_breaker("broker@" + current_app.config["CELERY_BROKER_URL"]).calling():
             producer().send_task(
                 name,
                 args=list(args),
