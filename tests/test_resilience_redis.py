@@ -39,7 +39,6 @@ from tests.live import Http, Recorder, free_port, live_server, percentile, run_c
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = [
     pytest.mark.slow,
-    needs_postgres,
     pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server binary on PATH"),
 ]
 
@@ -181,6 +180,7 @@ def health_loop(recorder: Recorder) -> Any:
     return loop
 
 
+@needs_postgres  # the drill of the PostgreSQL + Redis phase: served from PostgreSQL
 def test_redis_killed_under_load_costs_no_error_no_stall_no_lost_or_stale_write(
     app: Flask, tmp_path: Path, private_redis: PrivateRedis
 ) -> None:
