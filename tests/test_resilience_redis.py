@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app.core.cache import Cache, RedisBackend, cache_key
-from app.core.redis_client import redis_budget
+from app.core.redis_client import redis_breaker, redis_budget, skip_redis
 from app.extensions import db
 from app.posts.models import Post
 from tests.conftest import PASSWORD, needs_postgres, unique
@@ -44,8 +44,13 @@ pytestmark = [
 
 # Generous for a loaded 2-core machine running the drill beside other work; the issue's target
 # (100 ms) is what the drill reports. An answer waiting out redis-py's default retries takes
-# seconds, so the bound still fails when a client lacks its budget.
-OUTAGE_P99_BOUND = 0.25
+# seconds, so the bound still fails when a client lacks its budget. A hung (paused) Redis costs
+# more: each breaker's first failures and flask-limiter's periodic storage check wait out a
+# socket timeout, and a sync worker's queued requests wait behind them.
+OUTAGE_P99_BOUND = {"killed": 0.25, "paused": 1.0}
+# /health answers degraded within this long of the outage (paused: its request may queue
+# behind requests waiting out their timeouts in the two sync workers).
+DEGRADED_WITHIN = {"killed": 1.0, "paused": 3.0}
 OUTAGE_SECONDS = 5.0
 
 
@@ -92,6 +97,15 @@ class PrivateRedis:
         client.save()
         client.close()
         self.stop(signal.SIGKILL)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are still accepted by the kernel, nothing is ever answered."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -181,9 +195,12 @@ def health_loop(recorder: Recorder) -> Any:
 
 
 @needs_postgres  # the drill of the PostgreSQL + Redis phase: served from PostgreSQL
-def test_redis_killed_under_load_costs_no_error_no_stall_no_lost_or_stale_write(
-    app: Flask, tmp_path: Path, private_redis: PrivateRedis
+@pytest.mark.parametrize("outage", ["killed", "paused"])
+def test_redis_outage_under_load_costs_no_error_no_stall_no_lost_or_stale_write(
+    app: Flask, tmp_path: Path, private_redis: PrivateRedis, outage: str
 ) -> None:
+    """`killed`: SIGKILL, restarted from a snapshot taken just before (connections refused);
+    `paused`: SIGSTOP then SIGCONT (a hung server: every call waits out its socket timeout)."""
     env = {
         "REDIS_URL": private_redis.url(0),
         "CELERY_BROKER_URL": private_redis.url(1),
@@ -209,12 +226,18 @@ def test_redis_killed_under_load_costs_no_error_no_stall_no_lost_or_stale_write(
         try:
             time.sleep(2.0)  # warm: the cache fills
             down = time.monotonic()
-            private_redis.snapshot_and_kill()
+            if outage == "killed":
+                private_redis.snapshot_and_kill()
+            else:
+                private_redis.pause()
             time.sleep(2.0)
             # A logout acknowledged while Redis is down (its Redis mirror is owed).
             assert http.call("POST", "/api/auth/logout", headers=victim.headers)[0] == 204
             time.sleep(OUTAGE_SECONDS - 2.0)
-            private_redis.start()  # back, holding the state from before the outage
+            if outage == "killed":
+                private_redis.start()  # back, holding the state from before the outage
+            else:
+                private_redis.resume()
             up = time.monotonic()
             time.sleep(6.5)  # every breaker resets (5 s), owed tombstones and mirrors are written
         finally:
@@ -249,7 +272,7 @@ def test_redis_killed_under_load_costs_no_error_no_stall_no_lost_or_stale_write(
     settled = up + 1.0 + 1.0
     stale = [entry for writer in writers for entry in writer.stale]
     late = [(round(when - up, 2), *rest) for when, *rest in stale if when >= settled]
-    print(f"\nstale reads: {len(stale)} in all, {len(late)} after Redis back + 2 s")
+    print(f"\n{outage}: stale reads: {len(stale)} in all, {len(late)} after Redis back + 2 s")
     assert not late, late[:5]
     assert [s for s in recorder.between(settled, end) if s.op == "read"], "no read after settling"
 
@@ -261,11 +284,11 @@ def test_redis_killed_under_load_costs_no_error_no_stall_no_lost_or_stale_write(
     writes = [s for s in served if s.op == "write" and s.status == 200]
     assert writes, "no write was acknowledged while Redis was down"
     print(
-        f"\nredis down: {len(served)} requests in {up - down - 1.0:.1f} s, "
+        f"\nredis {outage}: {len(served)} requests in {up - down - 1.0:.1f} s, "
         f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms, "
         f"{len(writes)} writes acknowledged"
     )
-    assert p99 < OUTAGE_P99_BOUND, (p50, p99)
+    assert p99 < OUTAGE_P99_BOUND[outage], (p50, p99)
 
     # /health: degraded within a second of the kill, and never slow while Redis is dead.
     health = [s for s in recorder.between(down, up) if s.op == "health"]
@@ -273,11 +296,11 @@ def test_redis_killed_under_load_costs_no_error_no_stall_no_lost_or_stale_write(
     assert degraded, [(s.status, s.body) for s in health][:5]
     first = degraded[0].started + degraded[0].seconds - down
     print(
-        f"health degraded {first * 1000:.0f} ms after the kill; slowest probe "
+        f"health degraded {first * 1000:.0f} ms after the outage began; slowest probe "
         f"{max(s.seconds for s in health) * 1000:.0f} ms"
     )
-    assert first < 1.0
-    assert all(s.seconds < 1.0 for s in health)
+    assert first < DEGRADED_WITHIN[outage]
+    assert all(s.seconds < DEGRADED_WITHIN[outage] for s in health)
 
 
 def test_owed_tombstones_reach_redis_without_another_request(private_redis: PrivateRedis) -> None:
@@ -301,3 +324,26 @@ def test_owed_tombstones_reach_redis_without_another_request(private_redis: Priv
         assert time.monotonic() < deadline, "the owed tombstone was never written"
         time.sleep(0.1)
     assert not cache.owes_writes
+
+
+def test_an_open_breaker_is_closed_by_its_background_probe(private_redis: PrivateRedis) -> None:
+    """While open, callers skip Redis; a PING every reset timeout closes it once Redis is back."""
+    client = redis.Redis.from_url(private_redis.url(0), **redis_budget({}))
+    breaker = redis_breaker(
+        f"test@{uuid.uuid4()}",
+        {"REDIS_BREAKER_FAIL_MAX": 1, "REDIS_BREAKER_RESET_SECONDS": 0.3},
+        probe=client.ping,
+    )
+    private_redis.stop(signal.SIGKILL)
+    with pytest.raises(pybreaker.CircuitBreakerError), breaker.calling():
+        client.ping()
+    assert skip_redis(breaker)
+    time.sleep(1.0)  # probes fail meanwhile, and reschedule themselves
+    assert skip_redis(breaker)
+    private_redis.start()
+
+    deadline = time.monotonic() + 3
+    while skip_redis(breaker):  # nobody calls through the breaker here
+        assert time.monotonic() < deadline, "the probe never closed the breaker"
+        time.sleep(0.05)
+    assert breaker.current_state == "closed"

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.auth.models import RevokedToken
-from app.core.redis_client import REDIS_ERRORS, redis_breaker
+from app.core.redis_client import REDIS_ERRORS, redis_breaker, skip_redis
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "postboard:blocklist:"
@@ -60,7 +60,7 @@ class TokenBlocklist:
         # While Redis is down the breaker is open and the check goes straight to the database,
         # instead of paying a failing Redis call on every request.
         if breaker is None and redis_client is not None:
-            breaker = redis_breaker("blocklist@" + _store_of(redis_client))
+            breaker = redis_breaker("blocklist@" + _store_of(redis_client), probe=redis_client.ping)
         self.breaker = breaker or pybreaker.CircuitBreaker()
 
     def revoke(self, jti: str, expires_at: datetime) -> bool:
@@ -95,6 +95,8 @@ class TokenBlocklist:
         assert self.redis is not None
         now = datetime.now(UTC)
         ttls = {key: max(1, int((exp - now).total_seconds()) + 1) for key, exp in items.items()}
+        if skip_redis(self.breaker):
+            return False
         try:
             with self.breaker.calling():
                 if len(ttls) == 1:
@@ -150,7 +152,7 @@ class TokenBlocklist:
 
     def _redis_exists(self, keys: list[str]) -> bool | None:
         """Does Redis hold any of `keys`? None when Redis is off, failing or its breaker open."""
-        if self.redis is None or not self._settle_owed():
+        if self.redis is None or skip_redis(self.breaker) or not self._settle_owed():
             return None
         try:
             with self.breaker.calling():

@@ -41,6 +41,7 @@ import redis
 from cryptography.fernet import Fernet
 
 from app.core.metrics import record_cache_read
+from app.core.redis_client import skip_redis
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +344,8 @@ class Cache:
         return self._box.decrypt(token.encode()).decode()
 
     def _call(self, fn: Any, *args: Any) -> Any:
+        if skip_redis(self.breaker):
+            return None  # open: the breaker's background probe finds out when Redis is back
         try:
             with self.breaker.calling():
                 return fn(*args)
@@ -555,7 +558,7 @@ class Cache:
 
 def build_cache(config: dict[str, Any]) -> Cache:
     """The cache for an app: Redis when REDIS_URL is set, else a shared disk cache; or off."""
-    from app.core.redis_client import get_redis
+    from app.core.redis_client import ProbeWhenOpen, get_redis
 
     ttl = int(config["CACHE_TTL_SECONDS"])
     aggregate_ttl = int(config.get("CACHE_AGGREGATE_TTL_SECONDS", ttl))
@@ -569,6 +572,8 @@ def build_cache(config: dict[str, Any]) -> Cache:
     if config["CACHE_ENABLED"]:
         client = get_redis(config.get("REDIS_URL"))
         backend = RedisBackend(client) if client else DiskBackend(Path(config["CACHE_DIR"]))
+        if client is not None:  # requests skip Redis while open; a PING tries it again
+            breaker.add_listener(ProbeWhenOpen(client.ping))
     return Cache(backend, ttl=ttl, secret=secret, breaker=breaker, aggregate_ttl=aggregate_ttl)
 
 

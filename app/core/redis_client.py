@@ -14,7 +14,7 @@ from the defaults below.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pybreaker
@@ -73,10 +73,62 @@ def get_redis(url: str | None) -> redis.Redis | None:
     return client
 
 
-def redis_breaker(name: str, config: Mapping[str, Any] | None = None) -> pybreaker.CircuitBreaker:
+class ProbeWhenOpen(pybreaker.CircuitBreakerListener):
+    """The breaker's trial call, made from a timer thread instead of by a request.
+
+    pybreaker lets the first caller after the reset timeout try again; with a hung Redis that
+    caller (and every request queued behind it in a sync worker) waits a socket timeout, every
+    reset interval. With this listener callers skip Redis while the breaker is not closed
+    (`skip_redis`), and `probe` (a PING) runs once per reset timeout until it succeeds.
+    """
+
+    def __init__(self, probe: Callable[[], object]) -> None:
+        self.probe = probe
+        self._scheduled = 0
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        if new_state.name == pybreaker.STATE_OPEN:
+            self._schedule(cb)
+
+    def _schedule(self, cb: pybreaker.CircuitBreaker) -> None:
+        self._scheduled += 1
+        timer = threading.Timer(cb.reset_timeout + 0.01, self._try, args=(cb,))
+        timer.daemon = True
+        timer.start()
+
+    def _try(self, cb: pybreaker.CircuitBreaker) -> None:
+        scheduled = self._scheduled
+        try:
+            with cb.calling():
+                self.probe()
+        except Exception:  # noqa: S110 - still down: the breaker reopened and rescheduled
+            pass
+        if cb.current_state == pybreaker.STATE_OPEN and self._scheduled == scheduled:
+            self._schedule(cb)  # the timer fired before the breaker would allow a trial
+
+
+def skip_redis(breaker: pybreaker.CircuitBreaker) -> bool:
+    """True while a breaker that probes in the background is not closed: skip Redis."""
+    return breaker.current_state != pybreaker.STATE_CLOSED and any(
+        isinstance(listener, ProbeWhenOpen) for listener in breaker.listeners
+    )
+
+
+def redis_breaker(
+    name: str,
+    config: Mapping[str, Any] | None = None,
+    *,
+    probe: Callable[[], object] | None = None,
+) -> pybreaker.CircuitBreaker:
     """A circuit breaker per `name` (a use and the Redis it calls, e.g. "blocklist@host:6379/0")
     and process, its state in memory: after a few failed calls it opens and callers skip Redis
-    until the reset timeout lets one call try again."""
+    until a trial call succeeds: `probe`'s, from a timer thread, when given (see ProbeWhenOpen);
+    else the first caller's after the reset timeout."""
     breaker = _breakers.get(name)
     if breaker is None:
         with _lock:
@@ -88,8 +140,15 @@ def redis_breaker(name: str, config: Mapping[str, Any] | None = None) -> pybreak
                         config, "REDIS_BREAKER_RESET_SECONDS", BREAKER_RESET_SECONDS
                     ),
                     name=name,
+                    listeners=[ProbeWhenOpen(probe)] if probe is not None else [],
                 )
     return breaker
+
+
+def broker_breaker(broker_url: str) -> pybreaker.CircuitBreaker:
+    """The breaker around publishing to `broker_url`; a Redis broker is probed with PING."""
+    client = get_redis(broker_url) if _is_redis(broker_url) else None
+    return redis_breaker("broker@" + broker_url, probe=client.ping if client else None)
 
 
 def limiter_storage_options(config: Mapping[str, Any] | None = None) -> dict[str, Any]:

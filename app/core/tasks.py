@@ -14,7 +14,7 @@ from celery import Celery
 from flask import current_app
 
 from app.core.context import current_request_id
-from app.core.redis_client import celery_transport_options, redis_breaker
+from app.core.redis_client import broker_breaker, celery_transport_options, skip_redis
 
 log = logging.getLogger(__name__)
 _producers: dict[str, Celery] = {}
@@ -46,7 +46,10 @@ def enqueue(name: str, *args: Any) -> bool:
     try:
         # The breaker: while the broker is down a write skips the publish instead of paying a
         # timeout. ignore_result: the web never reads a result, so no result subscription.
-        with redis_breaker("broker@" + current_app.config["CELERY_BROKER_URL"]).calling():
+        breaker = broker_breaker(current_app.config["CELERY_BROKER_URL"])
+        if skip_redis(breaker):
+            return False  # the broker failed just now: this follow-up is lost, as on a failure
+        with breaker.calling():
             producer().send_task(
                 name,
                 args=list(args),
