@@ -34,6 +34,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy app worker
+	$(BIN)/lint-imports
 
 ## Security audit: bandit over our code, then pip-audit over every installed dependency (the
 ## editable project itself skipped) against PyPI's vulnerability data. Any finding fails; so

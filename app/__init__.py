@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from flask import Flask
 from sqlalchemy import event
 
-from app.config import INSTANCE_DIR, load_config
+from app.settings import Settings
+
+Role = Literal["web", "worker"]
 
 
-def create_app(config: dict[str, Any] | None = None) -> Flask:
-    """Build the app; `config` overrides settings read from the environment."""
-    settings = load_config(
-        (config or {}).get("APP_ENV"), {k: v for k, v in (config or {}).items() if k != "APP_ENV"}
-    )
-    app = Flask(__name__, instance_path=str(INSTANCE_DIR), instance_relative_config=False)
-    app.config.update(settings)
-    app.config["JWT_ACCESS_TOKEN_EXPIRES"] = timedelta(seconds=settings["JWT_ACCESS_TOKEN_EXPIRES"])
-    app.config["JWT_REFRESH_TOKEN_EXPIRES"] = timedelta(
-        seconds=settings["JWT_REFRESH_TOKEN_EXPIRES"]
-    )
+def create_app(
+    settings: Settings | Mapping[str, Any] | None = None, *, role: Role = "web"
+) -> Flask:
+    """Build the app from `settings`, or from the environment with these overrides (checked).
+    A worker (`role="worker"`) builds only what tasks use: no blueprints, limiter, CORS,
+    compression, metrics hooks, Swagger, error pages or CLI."""
+    if not isinstance(settings, Settings):
+        settings = Settings.from_env(**(settings or {}))
+    app = Flask(__name__, instance_path=str(settings.instance_dir), instance_relative_config=False)
+    app.config.from_mapping(settings.to_flask_config())
+    app.extensions["settings"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the envelope's field order
-    INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+    settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    app.extensions["role"] = role
 
+    register_data(app)
+    register_domains(app)
+    register_celery(app, role)
+    if role == "worker":
+        return app  # logging: the worker's setup_logging receiver (worker/__init__.py)
     configure_logging_for(app)
     register_extensions(app)
     register_http_security(app)
@@ -37,6 +45,38 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+def register_data(app: Flask) -> None:
+    """The database: what every role uses."""
+    from app.core.db import sqlite_pragmas
+    from app.extensions import db
+
+    db.init_app(app)
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            event.listen(db.engine, "connect", sqlite_pragmas)
+
+
+def register_domains(app: Flask) -> None:
+    """What the shared machinery runs for the domains: the effects of each event after its
+    commit (one table), each domain's cache warmer, and its backfills."""
+    from app.events.handlers import init_app as register_event_handlers
+    from app.posts import backfills as post_backfills
+    from app.posts import cache as post_cache
+    from app.users import cache as user_cache
+
+    register_event_handlers(app)
+    user_cache.register(app)
+    post_cache.register(app)
+    post_backfills.register(app)
+
+
+def register_celery(app: Flask, role: Role) -> None:
+    """Bind the one Celery app (publishing from the web and the CLI; running tasks in a worker)."""
+    from app.extensions import celery
+
+    celery.init_app(app, role=role)
+
+
 def configure_logging_for(app: Flask) -> None:
     from app.core.logging import configure_logging
 
@@ -46,7 +86,6 @@ def configure_logging_for(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     from app.auth.guard import register_jwt_callbacks
-    from app.core.db import sqlite_pragmas
     from app.core.middleware import register_middleware
     from app.core.security import passwords
     from app.extensions import api, db, jwt, migrate
@@ -54,7 +93,6 @@ def register_extensions(app: Flask) -> None:
     app.config.update(
         JWT_TOKEN_LOCATION=["headers"],
         JWT_DECODE_ALGORITHMS=[app.config["JWT_ALGORITHM"]],  # never "none"
-        JWT_BLACKLIST_ENABLED=True,
         API_SPEC_OPTIONS={
             "components": {
                 "securitySchemes": {
@@ -67,10 +105,6 @@ def register_extensions(app: Flask) -> None:
     passwords.configure(app.config["ARGON2_TIME_COST"], app.config["ARGON2_MEMORY_COST_KIB"])
     register_middleware(app)
     register_swagger_ui(app)
-    db.init_app(app)
-    with app.app_context():
-        if db.engine.dialect.name == "sqlite":
-            event.listen(db.engine, "connect", sqlite_pragmas)
     migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
     jwt.init_app(app)
     register_jwt_callbacks(app)

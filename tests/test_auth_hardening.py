@@ -28,10 +28,10 @@ from app import create_app
 from app.auth.blocklist import FAMILY_PREFIX, TokenBlocklist
 from app.auth.models import RevokedToken
 from app.auth.throttle import account_throttle, email_fingerprint
-from app.config import ConfigError, load_config
 from app.core.redis_client import get_redis
 from app.core.security import passwords
 from app.extensions import db
+from app.settings import ConfigError, Settings
 from tests.conftest import (
     PASSWORD,
     REDIS_URL,
@@ -214,16 +214,16 @@ def test_zero_max_failures_turns_the_lock_off(make_app):
 def test_the_lock_settings_come_from_the_environment(monkeypatch):
     monkeypatch.delenv("LOGIN_ACCOUNT_MAX_FAILURES", raising=False)
     monkeypatch.delenv("LOGIN_ACCOUNT_WINDOW_SECONDS", raising=False)
-    defaults = load_config("testing")
-    assert defaults["LOGIN_ACCOUNT_MAX_FAILURES"] == 5
-    assert defaults["LOGIN_ACCOUNT_WINDOW_SECONDS"] == 900
+    defaults = Settings.from_env("testing")
+    assert defaults.login_account_max_failures == 5
+    assert defaults.login_account_window_seconds == 900
     monkeypatch.setenv("LOGIN_ACCOUNT_MAX_FAILURES", "3")
     monkeypatch.setenv("LOGIN_ACCOUNT_WINDOW_SECONDS", "60")
-    cfg = load_config("testing")
-    assert (cfg["LOGIN_ACCOUNT_MAX_FAILURES"], cfg["LOGIN_ACCOUNT_WINDOW_SECONDS"]) == (3, 60)
+    cfg = Settings.from_env("testing")
+    assert (cfg.login_account_max_failures, cfg.login_account_window_seconds) == (3, 60)
     monkeypatch.setenv("LOGIN_ACCOUNT_WINDOW_SECONDS", "0")
-    with pytest.raises(ConfigError):
-        load_config("testing")
+    with pytest.raises(ConfigError, match="LOGIN_ACCOUNT_WINDOW_SECONDS"):
+        Settings.from_env("testing")
 
 
 @needs_redis

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import redis
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import event
@@ -32,8 +33,12 @@ from app import create_app
 from app.core.cache import Cache, app_cache, cache_key
 from app.core.pagination import CursorCodec
 from app.extensions import db
-from app.posts.service import POST_KIND, PostService, post_cache_data
-from app.users.service import USER_KIND, UserService, user_cache_data
+from app.posts.cache import POST_KIND
+from app.posts.cache import entry_data as post_cache_data
+from app.posts.service import PostService
+from app.users.cache import USER_KIND
+from app.users.cache import entry_data as user_cache_data
+from app.users.service import UserService
 from tests.conftest import CACHE_DIR, REDIS_URL, Account, reset_cache, reset_redis, test_config
 from tests.live import free_port, live_server
 
@@ -741,3 +746,33 @@ def test_token_checks_read_the_user_through_the_cache(app, client, account) -> N
     assert touching(statements, "users") == []
     assert client.delete(f"/api/users/{account.id}", headers=account.headers).status_code == 204
     assert client.get("/api/me", headers=account.headers).status_code == 401
+
+
+def test_every_event_a_write_records_has_its_effects_in_the_table(app, client, account) -> None:
+    """The table of after-commit effects (app/events/handlers.py) covers every event type the
+    API's writes record: none can commit without its cache tombstone or write-through."""
+    from app.core.events import Event
+    from app.events.handlers import EVENT_HANDLERS
+
+    post = account.post_as("Covered", status="draft")
+    path = f"/api/posts/{post['id']}"
+    published = client.patch(path, json={"status": "published"}, headers=account.headers)
+    assert published.status_code == 200
+    assert client.delete(path, headers=account.headers).status_code == 204
+    account.post_as("Goes with its author", status="published")
+    me = f"/api/users/{account.id}"
+    assert client.patch(me, json={"bio": "b"}, headers=account.headers).status_code == 200
+    assert client.delete(me, headers=account.headers).status_code == 204
+    with app.app_context():
+        recorded = set(db.session.scalars(sa.select(Event.event_type).distinct()))
+        db.session.remove()
+    assert recorded == {
+        "user.created",
+        "user.updated",
+        "user.deleted",
+        "post.created",
+        "post.updated",
+        "post.deleted",
+    }
+    assert recorded <= set(EVENT_HANDLERS)
+    assert all(EVENT_HANDLERS[kind] for kind in recorded)

@@ -30,10 +30,10 @@ from flask import Flask
 from app import create_app
 from app.core.context import request_id_var
 from app.extensions import db
+from app.posts.cache import POST_KIND
 from app.posts.models import Post
-from app.posts.service import POST_KIND
+from app.users.cache import USER_KIND
 from app.users.models import User
-from app.users.service import USER_KIND
 from tests.conftest import CACHE_DIR, REDIS_URL, login, register, test_config
 from tests.test_cache import cache_keys, entry
 

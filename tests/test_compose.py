@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -19,11 +21,9 @@ TOOL_SETTINGS = ("FLOWER_",)
 
 
 def variables_the_code_reads() -> set[str]:
-    config = (ROOT / "app" / "config.py").read_text()
     gunicorn = (ROOT / "gunicorn.conf.py").read_text()
-    names = set(re.findall(r'env\.\w+\(\s*"([A-Z0-9_]+)"', config))
-    names |= set(re.findall(r'os\.environ(?:\.get)?[\(\[]\s*"([A-Z0-9_]+)"', config + gunicorn))
-    return names
+    names = set(re.findall(r"os\.environ(?:\.get)?[\(\[]\s*[\"']([A-Z0-9_]+)[\"']", gunicorn))
+    return names | Settings.variables()
 
 
 def test_every_variable_compose_sets_is_read_by_the_code() -> None:

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from app.core.metrics import FilesCollector, build_registry
-from app.users.service import USER_KIND
+from app.users.cache import USER_KIND
 from tests.conftest import assert_error, bearer, test_config
 from tests.live import ROOT, live_server
 from tests.test_cache_workers import Worker, broker_settings, wait_for

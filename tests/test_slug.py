@@ -8,14 +8,9 @@ import uuid
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.core.cache import app_cache
-from app.extensions import db
-from app.posts.models import Post
-from app.posts.service import POST_KIND
 from app.posts.slugs import (
     SLUG_MAX,
     SLUG_MIN,
@@ -220,122 +215,3 @@ def test_openapi_documents_the_route_with_the_enforced_pattern(client) -> None:
     assert slug["maxLength"] == SLUG_MAX
     create_links = spec["paths"]["/api/users/{user_id}/posts"]["post"]["responses"]["201"]["links"]
     assert create_links["GetPostBySlug"]["operationId"] == "getPostBySlug"
-
-
-# The expand window: posts written before the slug existed ---------------------------------------
-
-
-def _set_slug(app: Any, post_id: str, slug: str | None) -> None:
-    """Write posts.slug directly, as a release before slugs (NULL) or the backfill would.
-
-    At head the column is NOT NULL, so NULL needs the constraint out of the way: these tests
-    recreate the expand window inside their own transaction-less database state.
-    """
-    with app.app_context():
-        db.session.execute(
-            sa.update(Post).where(Post.public_id == uuid.UUID(post_id)).values(slug=slug)
-        )
-        db.session.commit()
-        db.session.remove()
-
-
-@pytest.fixture
-def expand_window(app: Any) -> Any:
-    """Make posts.slug nullable for one test (as between migrations 0003 and 0005)."""
-    with app.app_context():
-        if db.engine.dialect.name == "postgresql":
-            with db.engine.begin() as conn:
-                conn.execute(sa.text("ALTER TABLE posts ALTER COLUMN slug DROP NOT NULL"))
-            yield
-            db.session.remove()
-            with db.engine.begin() as conn:
-                conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))  # never hang the suite
-                conn.execute(sa.text("DELETE FROM posts WHERE slug IS NULL"))
-                conn.execute(sa.text("ALTER TABLE posts ALTER COLUMN slug SET NOT NULL"))
-        else:
-            # SQLite cannot drop NOT NULL in place; the per-test reset restores the template.
-            with db.engine.begin() as conn:
-                conn.execute(sa.text("PRAGMA writable_schema = ON"))
-                conn.execute(
-                    sa.text(
-                        "UPDATE sqlite_master SET sql = replace(sql, "
-                        "'slug VARCHAR(87) NOT NULL', 'slug VARCHAR(87)') "
-                        "WHERE type = 'table' AND name = 'posts'"
-                    )
-                )
-                conn.execute(sa.text("PRAGMA writable_schema = OFF"))
-            db.engine.dispose()
-            yield
-            db.engine.dispose()
-
-
-def test_a_post_without_a_slug_reads_as_null_and_gets_one_on_its_next_write(
-    app, client, account, expand_window
-) -> None:
-    post = account.post_as("Old title", status="published")
-    _set_slug(app, post["id"], None)
-    path = f"/api/posts/{post['id']}"
-    before = client.get(path)
-    assert before.status_code == 200
-    assert before.json["data"]["slug"] is None
-
-    edited = client.patch(path, json={"title": "New title"}, headers=account.headers)
-    assert edited.status_code == 200, edited.json
-    expected = make_slug("New title", uuid.UUID(post["id"]))
-    assert edited.json["data"]["slug"] == expected
-    assert edited.json["data"]["version"] == 2
-    assert by_slug(client, expected).json["data"]["title"] == "New title"
-
-
-def test_a_write_never_replaces_a_slug_the_backfill_wrote_meanwhile(
-    app, account, expand_window
-) -> None:
-    """The service read the post with a NULL slug; the backfill fills it before the write
-    commits: the write keeps the backfill's slug (COALESCE), and the backfill did not touch
-    `version`, so the write is not refused as a conflict either."""
-    from app.core.http import cursor_codec
-    from app.core.security import Principal
-    from app.posts.service import PostService
-
-    post = account.post_as("Before", status="published")
-    _set_slug(app, post["id"], None)
-    backfilled = make_slug("Before", uuid.UUID(post["id"]))
-    with app.test_request_context():
-        try:
-            service = PostService(db.session(), codec=cursor_codec())
-            author = service.users.get(uuid.UUID(account.id))
-            assert author is not None
-            principal = Principal(author.id, author.public_id)
-            loaded = service.get(uuid.UUID(post["id"]), viewer=principal)
-            assert loaded.slug is None
-            _set_slug(app, post["id"], backfilled)  # another connection: the backfill
-            updated = service.update(uuid.UUID(post["id"]), {"title": "After"}, actor=principal)
-            assert updated.slug == backfilled
-            assert updated.version == 2
-        finally:
-            db.session.remove()
-    with app.app_context():
-        row = db.session.execute(
-            sa.select(Post.title, Post.slug, Post.version).where(
-                Post.public_id == uuid.UUID(post["id"])
-            )
-        ).one()
-        db.session.remove()
-    assert tuple(row) == ("After", backfilled, 2)
-
-
-def test_a_cached_entry_without_a_slug_is_reloaded_once_the_backfill_has_run(
-    app, client, account, expand_window
-) -> None:
-    post = account.post_as("Cached early", status="published")
-    _set_slug(app, post["id"], None)
-    path = f"/api/posts/{post['id']}"
-    assert client.get(path).json["data"]["slug"] is None
-    with app.app_context():
-        cached = app_cache().read(POST_KIND, uuid.UUID(post["id"]))
-    if cached is not None:  # the cache may be disabled in this environment
-        assert cached["d"]["public"]["slug"] is None
-    slug = make_slug("Cached early", uuid.UUID(post["id"]))
-    _set_slug(app, post["id"], slug)  # the backfill: same version, no cache invalidation
-    assert client.get(path).json["data"]["slug"] == slug
-    assert by_slug(client, slug).json["data"]["slug"] == slug

@@ -16,11 +16,8 @@ from flask_jwt_extended import get_current_user, get_jwt, verify_jwt_in_request
 
 from app.auth.blocklist import TokenBlocklist
 from app.auth.service import AuthService, family_of
-from app.auth.throttle import account_throttle
 from app.core.audit import security_event
-from app.core.cache import app_cache
 from app.core.errors import error_response
-from app.core.http import cursor_codec
 from app.core.redis_client import get_redis
 from app.core.security import ADMIN_SCOPE, CurrentUser, Principal
 from app.extensions import db, jwt
@@ -35,15 +32,7 @@ def blocklist() -> TokenBlocklist:
 
 
 def auth_service() -> AuthService:
-    config = current_app.config
-    return AuthService(
-        db.session(),
-        blocklist=blocklist(),
-        throttle=account_throttle(),
-        access_ttl=int(config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()),
-        refresh_ttl=int(config["JWT_REFRESH_TOKEN_EXPIRES"].total_seconds()),
-        email_secret=config["SECRET_KEY"],
-    )
+    return AuthService.from_app()
 
 
 def authenticated(*, optional: bool = False, refresh: bool = False) -> Callable[[F], F]:
@@ -92,8 +81,7 @@ def register_jwt_callbacks(app: Flask) -> None:
             public_id = uuid.UUID(str(claims["sub"]))
         except (KeyError, ValueError):
             return None
-        users = UserService(db.session(), codec=cursor_codec(), cache=app_cache())
-        return users.current_user(public_id)
+        return UserService.from_app().current_user(public_id)
 
     @jwt.token_in_blocklist_loader
     def _is_revoked(_header: dict, claims: dict) -> bool:

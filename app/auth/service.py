@@ -15,15 +15,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.blocklist import TokenBlocklist
-from app.auth.throttle import AccountThrottle, email_fingerprint
+from app.auth.throttle import AccountThrottle, account_throttle, email_fingerprint
 from app.core.audit import security_event
 from app.core.errors import Unauthenticated
+from app.core.redis_client import get_redis
 from app.core.security import ADMIN_SCOPE, CurrentUser, passwords
+from app.extensions import db
 from app.users.models import User
 from app.users.repository import UserRepository
 
@@ -77,6 +80,20 @@ class AuthService:
         self.email_secret = email_secret
 
     # Login -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_app(cls) -> AuthService:
+        """The service on this app context's session, blocklist, throttle and token lifetimes
+        (routes, the guard and the CLI all build it here)."""
+        config = current_app.config
+        return cls(
+            db.session(),
+            blocklist=TokenBlocklist(db.session(), get_redis(config["REDIS_URL"])),
+            throttle=account_throttle(),
+            access_ttl=int(config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()),
+            refresh_ttl=int(config["JWT_REFRESH_TOKEN_EXPIRES"].total_seconds()),
+            email_secret=config["SECRET_KEY"],
+        )
 
     def login(self, email: str, password: str) -> TokenPair:
         """One answer for every failure (unknown email, wrong password, locked account), each

@@ -33,7 +33,7 @@ def warm_command(limit: int | None) -> None:
     _require_enabled()
     limit = limit or int(current_app.config["CACHE_WARM_LIMIT"])
     result = warm(app_cache(), db.session(), limit=limit)
-    click.echo(f"warmed {result['users']} users and {result['posts']} posts")
+    click.echo("warmed " + " and ".join(f"{count} {name}" for name, count in result.items()))
 
 
 @cache_cli.command("stats")

@@ -29,8 +29,8 @@ from flask.cli import with_appcontext
 from sqlalchemy.engine import Connection
 
 from app.core.db import utcnow
+from app.core.events import Event
 from app.core.security import passwords
-from app.events.models import Event
 from app.extensions import db
 from app.posts.models import Post
 from app.posts.slugs import slug_suffix, slug_words

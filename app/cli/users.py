@@ -7,8 +7,6 @@ import marshmallow as ma
 from flask.cli import with_appcontext
 
 from app.core.errors import AppError, flatten_messages
-from app.core.pagination import CursorCodec
-from app.extensions import db
 from app.users.schemas import UserCreateSchema
 from app.users.service import UserService
 
@@ -37,9 +35,7 @@ def create_user(email: str, username: str, password: str, admin: bool) -> None:
     except ma.ValidationError as exc:
         reason = "; ".join(f"{d['field']}: {d['message']}" for d in flatten_messages(exc.messages))
         raise click.ClickException(reason) from None
-    from flask import current_app
-
-    service = UserService(db.session(), codec=CursorCodec(current_app.config["SECRET_KEY"]))
+    service = UserService.from_app()
     try:
         user = service.register({**data, "is_admin": admin})
     except AppError as exc:

@@ -46,11 +46,25 @@ def single(
     return {"data": view}, status, headers
 
 
-def single_json(view: dict[str, Any], version: int, *, variant: str = "") -> Any:
-    """Like `single`, for a view that is already JSON-ready (a cached representation): it is
-    encoded directly instead of through the response schema (the hot path of single GETs).
-    tests/test_cache.py checks both paths give byte-identical bodies."""
-    result = single(view, version, variant=variant)
+def single_json(
+    view: dict[str, Any],
+    version: int,
+    *,
+    status: int = 200,
+    location: str | None = None,
+    variant: str = "",
+) -> Any:
+    """Like `single`, for a view that is already JSON-ready (a resource's one representation,
+    cached or fresh): encoded directly, not through the response schema (which documents it)."""
+    return _as_json(single(view, version, status=status, location=location, variant=variant))
+
+
+def listing_json(page: Page[Any], views: list[dict[str, Any]]) -> Any:
+    """`listing` for JSON-ready views."""
+    return _as_json(listing(page, views))
+
+
+def _as_json(result: Any) -> Any:
     if isinstance(result, Response):
         return result
     body, status, headers = result

@@ -145,12 +145,6 @@ def redis_breaker(
     return breaker
 
 
-def broker_breaker(broker_url: str) -> pybreaker.CircuitBreaker:
-    """The breaker around publishing to `broker_url`; a Redis broker is probed with PING."""
-    client = get_redis(broker_url) if _is_redis(broker_url) else None
-    return redis_breaker("broker@" + broker_url, probe=client.ping if client else None)
-
-
 def limiter_storage_options(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`RATELIMIT_STORAGE_OPTIONS` for a Redis storage: limits passes them to `redis.from_url`,
     so a dead Redis costs one short timeout before flask-limiter's in-memory fallback takes over

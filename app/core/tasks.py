@@ -1,64 +1,229 @@
-"""Publishing Celery tasks from the web process and the CLI: by name, with the request id.
+"""The one Celery app's machinery: binding it to a Flask app, the task base, beat entries
+declared beside their tasks, and publishing by name from the web and the CLI.
 
-The web app never imports the worker package (and its tasks): it publishes by task name through
-a producer-only Celery app built from the same settings, one per process.
+`app.extensions.celery` is created unbound; `create_app` binds it (`PostboardCelery.init_app`).
+Every task runs through `AppTask`: inside the bound app's context, its session removed after.
+The web never imports the worker package: it publishes by task name (`enqueue`), bounded in
+time, and never fails a reply because the broker is down.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as PublishTimeout
 from typing import Any
 
-import pybreaker
-from celery import Celery
-from flask import current_app
+from celery import Celery, Task
+from celery.signals import before_task_publish, task_postrun, task_prerun
+from flask import Flask, current_app, has_app_context
 
-from app.core.context import current_request_id
-from app.core.redis_client import broker_breaker, celery_transport_options, skip_redis
+from app.core.context import current_request_id, request_id_var
+from app.core.redis_client import celery_transport_options
 
 log = logging.getLogger(__name__)
-_producers: dict[str, Celery] = {}
+
+# Publishing from a request: at most one quick retry in kombu; and whatever the transport's
+# client does underneath (redis-py 8 retries with backoff for seconds), the reply waits at most
+# PUBLISH_TIMEOUT, and after a failure publishing is skipped for PUBLISH_COOLDOWN (the tombstone
+# already keeps reads correct; a skipped write-through only costs a later cache miss).
+PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+PUBLISH_TIMEOUT = 0.5
+PUBLISH_COOLDOWN = 5.0
+
+# beat entry name -> (task name, the interval in seconds from the app's config)
+Schedule = Callable[[Mapping[str, Any]], float]
 
 
-def producer() -> Celery:
-    cfg = current_app.config
-    broker = cfg["CELERY_BROKER_URL"]
-    app = _producers.get(broker)
-    if app is None:
-        app = Celery("postboard-producer", broker=broker, backend=cfg["CELERY_RESULT_BACKEND"])
-        app.conf.update(
-            task_serializer="json",
-            accept_content=["json"],
-            broker_connection_retry_on_startup=True,
-            **celery_transport_options(broker, cfg["CELERY_RESULT_BACKEND"]),
-        )
-        _producers[broker] = app
-    return app
+class AppTask(Task):
+    """Runs the task inside its Flask app's context and removes its database session after."""
+
+    abstract = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if has_app_context():  # called in-process (a test, `.apply()`): the caller's context
+            return super().__call__(*args, **kwargs)
+        flask_app: Flask | None = getattr(self.app, "flask_app", None)
+        if flask_app is None:
+            raise RuntimeError("the Celery app is not bound: call create_app first")
+        with flask_app.app_context():
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:
+                sqlalchemy = flask_app.extensions.get("sqlalchemy")
+                if sqlalchemy is not None:
+                    sqlalchemy.session.remove()
+
+
+class PostboardCelery(Celery):
+    """A Celery app created unbound, like the other extensions, and bound by `init_app`."""
+
+    flask_app: Flask | None = None
+
+    def __init__(self, main: str) -> None:
+        super().__init__(main, task_cls=AppTask)
+        self.periodic: dict[str, tuple[str, Schedule]] = {}
+
+    def init_app(self, app: Flask, *, role: str = "web") -> None:
+        """Configure from `app.config` (a later app rebinds: tests build several)."""
+        if self.flask_app is not None and self.flask_app is not app:
+            # Its broker or backend may differ (Celery may also prefer CELERY_BROKER_URL and
+            # CELERY_RESULT_BACKEND from the environment to these settings): start afresh.
+            self._forget_connections()
+        self.flask_app = app
+        self.conf.update(celery_config(app.config, role=role))
+        self.conf.beat_schedule = {
+            entry: {"task": task, "schedule": every(app.config)}
+            for entry, (task, every) in self.periodic.items()
+        }
+        app.extensions["celery"] = self
+
+    def periodic_task(self, *, entry: str, every: Schedule, **options: Any) -> Any:
+        """`@celery.task(**options)` plus a beat entry `entry` running it every `every(config)`
+        seconds: the schedule is declared beside its task."""
+
+        def decorator(fn: Callable[..., Any]) -> Any:
+            task = self.task(**options)(fn)
+            self.periodic[entry] = (task.name, every)
+            if self.flask_app is not None:
+                self.conf.beat_schedule = {
+                    **self.conf.beat_schedule,
+                    entry: {"task": task.name, "schedule": every(self.flask_app.config)},
+                }
+            return task
+
+        return decorator
+
+    def _forget_connections(self) -> None:
+        """Drop pools and the result backend built for the previous broker and backend."""
+        self._pool = None
+        amqp = self.__dict__.get("amqp")
+        if amqp is not None:
+            amqp._producer_pool = None
+        self._backend_cache = None
+        self._local = threading.local()
+
+
+def celery_config(cfg: Mapping[str, Any], *, role: str = "web") -> dict[str, Any]:
+    """Every Celery setting, from the app's config: the one place to change them."""
+    is_redis = str(cfg["CELERY_BROKER_URL"]).startswith(("redis://", "rediss://"))
+    backend_is_redis = str(cfg["CELERY_RESULT_BACKEND"]).startswith(("redis://", "rediss://"))
+    # Redis re-delivers an unacked task after the visibility timeout: longer than any task runs.
+    # A worker restores such tasks when it starts, and in a periodic sweep (kombu 5.7: about every
+    # 100 s, unacked_restore_interval x unacked_restore_throttle).
+    redis_options: dict[str, Any] = {"visibility_timeout": int(cfg["CELERY_VISIBILITY_TIMEOUT"])}
+    broker_options = dict(redis_options) if is_redis else {}
+    if role != "worker":
+        # A publisher gives up connecting after one quick retry (kombu reads these as the
+        # connection's failover options); a worker keeps retrying its broker.
+        broker_options.update(max_retries=1, interval_start=0, interval_step=0.2)
+    return {
+        "broker_url": cfg["CELERY_BROKER_URL"],
+        "result_backend": cfg["CELERY_RESULT_BACKEND"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": broker_options,
+        "result_backend_transport_options": redis_options if backend_is_redis else {},
+        "result_expires": 3600,
+        "task_time_limit": 300,
+        "task_soft_time_limit": 240,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "worker_hijack_root_logger": False,
+        # Socket budgets for every Redis call of the broker and the result backend (these
+        # transport options include the visibility timeout and the publisher's retry above).
+        **celery_transport_options(
+            cfg["CELERY_BROKER_URL"],
+            cfg["CELERY_RESULT_BACKEND"],
+            consumer=role == "worker",
+            visibility_timeout=int(cfg["CELERY_VISIBILITY_TIMEOUT"]),
+        ),
+    }
 
 
 def enqueue(name: str, *args: Any) -> bool:
-    """Publish task `name`; False (logged, never raised) when tasks are off or the broker fails.
-
-    Callers use it from `UnitOfWork.after_commit`, so a task never runs for a rolled-back write.
-    """
+    """Publish task `name` through the one Celery app; False (logged, never raised) when tasks
+    are off or the broker fails or is slow. The event handlers call it after the commit, so a
+    task never runs for a rolled-back write."""
     if not current_app.config.get("TASKS_ENABLED", True):
         return False
-    try:
-        # The breaker: while the broker is down a write skips the publish instead of paying a
-        # timeout. ignore_result: the web never reads a result, so no result subscription.
-        breaker = broker_breaker(current_app.config["CELERY_BROKER_URL"])
-        if skip_redis(breaker):
-            return False  # the broker failed just now: this follow-up is lost, as on a failure
-        with breaker.calling():
-            producer().send_task(
-                name,
-                args=list(args),
-                headers={"x_request_id": current_request_id()},
-                ignore_result=True,
-            )
-        return True
-    except pybreaker.CircuitBreakerError:
-        return False  # the broker failed just now: this follow-up is lost, as on a failure
-    except Exception as exc:  # the write is committed; a lost follow-up must not fail the reply
-        log.warning("task_publish_failed", extra={"task": name, "error": type(exc).__name__})
-        return False
+    celery: PostboardCelery = current_app.extensions["celery"]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if celery.flask_app is not app:  # several apps in one process (tests): publish with ours
+        celery.init_app(app, role=app.extensions.get("role", "web"))
+    return _publisher.publish(celery, name, list(args), current_request_id())
+
+
+class Publisher:
+    """Publishes on a small thread pool of this process so that a caller waits a bounded time,
+    and skips publishing for a cool-down after a failure (a dead broker costs one timeout)."""
+
+    def __init__(self, timeout: float, cooldown: float) -> None:
+        self.timeout = timeout
+        self.cooldown = cooldown
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = 0
+        self._down_until: dict[str, float] = {}  # broker URL -> end of its cool-down
+        self._lock = threading.Lock()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():  # a forked child starts its own
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="publish")
+                self._pid = os.getpid()
+            return self._pool
+
+    def publish(self, celery: Celery, name: str, args: list[Any], request_id: str | None) -> bool:
+        broker = str(celery.conf.broker_url)
+        if time.monotonic() < self._down_until.get(broker, 0.0):
+            log.warning("task_publish_skipped", extra={"task": name, "reason": "broker down"})
+            return False
+        send = self._executor().submit(
+            celery.send_task,
+            name,
+            args=args,
+            headers={"x_request_id": request_id},
+            ignore_result=True,  # the web never reads a result: no per-task result subscription
+            retry=True,
+            retry_policy=PUBLISH_RETRY,
+        )
+        try:
+            send.result(timeout=self.timeout)
+            return True
+        except Exception as exc:  # the write is committed; a lost follow-up must not fail it
+            self._down_until[broker] = time.monotonic() + self.cooldown
+            error = "timeout" if isinstance(exc, PublishTimeout) else type(exc).__name__
+            log.warning("task_publish_failed", extra={"task": name, "error": error})
+            return False
+
+
+_publisher = Publisher(PUBLISH_TIMEOUT, PUBLISH_COOLDOWN)
+
+
+# The request id travels with every task (header x_request_id) into the worker's log lines.
+
+
+@before_task_publish.connect
+def _attach_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    request_id = request_id_var.get()
+    if headers is not None and request_id and not headers.get("x_request_id"):
+        headers["x_request_id"] = request_id
+
+
+@task_prerun.connect
+def _restore_request_id(task: Task | None = None, **_: Any) -> None:
+    request_id = task.request.get("x_request_id") if task is not None else None
+    request_id_var.set(request_id)
+
+
+@task_postrun.connect
+def _clear_request_id(**_: Any) -> None:
+    request_id_var.set(None)

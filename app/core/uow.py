@@ -1,36 +1,62 @@
-"""Unit of work: one transaction, the events it appends, and what runs after it commits."""
+"""Unit of work: one transaction, the events it appends, and the effects they drive after it
+commits.
+
+Services record what happened (`uow.record("post.updated", ...)`); which effects follow each
+event type (cache tombstones, write-through tasks, count generations) is one table the app
+registers (`register_event_handlers`, app/events/handlers.py's `EVENT_HANDLERS`). The unit of
+work knows no domain: it stores the events and calls the table's handlers after the commit.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache
 from types import TracebackType
 from typing import Any
 
+from flask import Flask, current_app
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.core.context import current_request_id
+from app.core.db import Base
 from app.core.errors import Conflict
-from app.events.models import Event
+from app.core.events import DomainEvent, Event
 
 log = logging.getLogger(__name__)
 
-# Unique indexes that a client can collide with, and the field each one protects.
-UNIQUE_FIELDS = {
-    "uq_users_email_live": "email",
-    "uq_users_username_live": "username",
-}
+# One effect of an event type: called once per commit with that type's events, in order.
+EventHandler = Callable[[Sequence[DomainEvent]], object]
+EventHandlers = Mapping[str, Sequence[EventHandler]]
+HANDLERS_KEY = "event_handlers"
+
+
+def register_event_handlers(app: Flask, table: EventHandlers) -> None:
+    """The app's table of event type -> after-commit effects."""
+    app.extensions[HANDLERS_KEY] = table
+
+
+@cache
+def unique_fields() -> dict[str, str]:
+    """Unique index name -> the field a client collides with, declared by the models
+    (`sa.Index(..., unique=True, info={"field": "email"})`)."""
+    return {
+        str(index.name): str(index.info["field"])
+        for table in Base.metadata.tables.values()
+        for index in table.indexes
+        if index.unique and "field" in index.info
+    }
 
 
 class UnitOfWork:
     """Use as `with UnitOfWork(session, actor_id=...) as uow:`; commits on success.
 
     Every write inside it calls `record()`, so each change and its event land in one commit
-    (no write without its event, no event without its write). `after_commit` callbacks run only
+    (no write without its event, no event without its write). The events' handlers run only
     once the commit succeeded: a task is never enqueued for a write that rolled back.
     """
 
@@ -38,7 +64,7 @@ class UnitOfWork:
         self.session = session
         self.actor_id = actor_id
         self._events: list[dict[str, Any]] = []
-        self._after_commit: list[Callable[[], object]] = []
+        self._recorded: list[DomainEvent] = []
 
     def __enter__(self) -> UnitOfWork:
         return self
@@ -51,6 +77,7 @@ class UnitOfWork:
     ) -> None:
         if exc_type is not None:
             self.session.rollback()
+            self._recorded.clear()  # nothing happened: no effect may follow
             # A flush inside the block (e.g. to get an id) can hit the same unique indexes and
             # version checks as the commit: the client gets the same 409, never a 500.
             conflict = _conflict(exc)
@@ -68,10 +95,22 @@ class UnitOfWork:
         version: int,
         values: dict[str, Any] | None = None,
         secret_fields: Iterable[str] = (),
+        refs: dict[str, Any] | None = None,
     ) -> None:
-        """Queue an event row for this transaction. Secret fields are named, never stored."""
+        """Queue an event row for this transaction. Secret fields are named, never stored;
+        `refs` (related aggregates) go to the handlers only."""
         values = {k: _jsonable(v) for k, v in (values or {}).items()}
         fields = sorted({*values, *secret_fields})
+        self._recorded.append(
+            DomainEvent(
+                event_type,
+                aggregate_id,
+                version,
+                fields=frozenset(fields),
+                values=values,
+                refs=dict(refs or {}),
+            )
+        )
         self._events.append(
             {
                 "event_type": event_type,
@@ -83,9 +122,6 @@ class UnitOfWork:
                 "data": {"fields": fields, "values": values},
             }
         )
-
-    def after_commit(self, callback: Callable[[], object]) -> None:
-        self._after_commit.append(callback)
 
     def commit(self) -> None:
         try:
@@ -101,14 +137,26 @@ class UnitOfWork:
             raise conflict from None
         except BaseException:
             self.session.rollback()
+            self._recorded.clear()
             raise
         self._events.clear()
-        callbacks, self._after_commit = self._after_commit, []
-        for callback in callbacks:
+        recorded, self._recorded = self._recorded, []
+        dispatch(recorded)
+
+
+def dispatch(events: Sequence[DomainEvent]) -> None:
+    """Run each committed event type's effects, in the table's order, once per type with all of
+    its events (one Redis call tombstones a deleted user's thousand posts)."""
+    table: EventHandlers = current_app.extensions.get(HANDLERS_KEY, {})
+    by_type: dict[str, list[DomainEvent]] = {}
+    for event in events:
+        by_type.setdefault(event.event_type, []).append(event)
+    for event_type, batch in by_type.items():
+        for handler in table.get(event_type, ()):
             try:
-                callback()
+                handler(batch)
             except Exception:  # the write is committed; a failed follow-up must not undo the reply
-                log.exception("after_commit_failed")
+                log.exception("event_handler_failed", extra={"event_type": event_type})
 
 
 def _conflict(exc: BaseException | None) -> Conflict | None:
@@ -129,7 +177,7 @@ def _violated_field(exc: IntegrityError) -> str | None:
     diag = getattr(orig, "diag", None)
     name = getattr(diag, "constraint_name", None) if diag is not None else None
     text = str(orig)
-    for index, field in UNIQUE_FIELDS.items():
+    for index, field in unique_fields().items():
         if name == index or index in text:
             return field
     return None

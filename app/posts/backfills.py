@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from flask import Flask
 
 from app.backfill import Backfill
+from app.backfill.registry import register_backfill
 from app.posts.slugs import make_slug
 
 posts = sa.table(
@@ -35,3 +37,8 @@ POST_SLUGS = Backfill(
     reads=(posts.c.public_id, posts.c.title),
     compute=compute_slugs,
 )
+
+
+def register(app: Flask) -> None:
+    """`flask backfill ...` and the `backfill.run` task can run these."""
+    register_backfill(app, POST_SLUGS)

@@ -24,9 +24,8 @@ class Post(PublicEntityMixin, Base):
     body: Mapped[str] = mapped_column(sa.Text, default="")
     status: Mapped[str] = mapped_column(sa.String(16), default="draft")
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
-    # Set on create and never changed (app/posts/slugs.py). NOT NULL from migration 0005; typed
-    # Optional because between 0003 (expand) and 0005 (contract) old rows may still hold NULL.
-    slug: Mapped[str | None] = mapped_column(sa.String(SLUG_MAX), nullable=False)
+    # Set on create and never changed (app/posts/slugs.py); NOT NULL from migration 0005.
+    slug: Mapped[str] = mapped_column(sa.String(SLUG_MAX), nullable=False)
 
     # `raise` makes an accidental lazy load (an N+1) an error instead of a slow page.
     author: Mapped[User] = relationship(lazy="raise", innerjoin=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,11 @@ class PostRepository:
     def public_id_by_slug(self, slug: str) -> uuid.UUID | None:
         """The public id of the live post with this slug (one lookup on uq_posts_slug)."""
         return self.session.scalar(sa.select(Post.public_id).where(Post.slug == slug))
+
+    def most_recent(self, limit: int, *, batch: int) -> Iterator[Post]:
+        """The `limit` newest live posts with their authors, `batch` rows at a time (warming)."""
+        stmt = self._with_author().order_by(Post.created_at.desc(), Post.id.desc()).limit(limit)
+        return iter(self.session.scalars(stmt.execution_options(yield_per=batch)))
 
     def add(self, post: Post) -> Post:
         self.session.add(post)

@@ -1,4 +1,5 @@
-"""The post's JSON representation, as both the HTTP layer and the cache need it."""
+"""The post's one JSON representation: what the cache holds and every response serves (the
+marshmallow PostSchema only documents it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from app.posts.models import Post
 
 
 def public_post(post: Post) -> dict[str, Any]:
+    """Every field, JSON-ready, in the documented order."""
     return {
         "id": str(post.public_id),
         "author_id": str(post.author.public_id),

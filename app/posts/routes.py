@@ -12,22 +12,22 @@ from werkzeug.routing import BaseConverter, ValidationError
 
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
 from app.core.api import ApiBlueprint, errors_doc, link, operation
-from app.core.cache import app_cache
 from app.core.fast_reads import UUID_PATH, FastRead
-from app.core.http import cursor_codec, if_match, listing, page_params, single, single_json
+from app.core.http import if_match, listing_json, page_params, single_json
 from app.core.idempotency import idempotent
 from app.core.pagination import PageArgsSchema
-from app.extensions import api, db
+from app.extensions import api
+from app.posts.cache import POST_KIND, anonymous_view
 from app.posts.models import Post
+from app.posts.representation import public_post
 from app.posts.schemas import (
     PostCreateSchema,
     PostEnvelopeSchema,
     PostListEnvelopeSchema,
     PostPatchSchema,
     PostPutSchema,
-    post_view,
 )
-from app.posts.service import POST_KIND, PostService, anonymous_view
+from app.posts.service import PostService
 from app.posts.slugs import SLUG_MAX, SLUG_MIN, SLUG_REGEX, is_well_formed
 
 blp = ApiBlueprint("posts", __name__, url_prefix="/api", description="Posts.")
@@ -82,12 +82,12 @@ OPTIONAL_AUTH = [*BEARER_AUTH, {}]
 
 
 def service() -> PostService:
-    return PostService(db.session(), codec=cursor_codec(), cache=app_cache())
+    return PostService.from_app()
 
 
 def respond(post: Post, *, status: int = 200) -> Any:
     location = url_for("posts.PostItem", post_id=post.public_id) if status == 201 else None
-    return single(post_view(post), post.version, status=status, location=location)
+    return single_json(public_post(post), post.version, status=status, location=location)
 
 
 @blp.route("/posts")
@@ -99,7 +99,7 @@ class PostCollection(MethodView):
     def get(self, **args: Any) -> Any:
         """Published posts, newest first (offset or cursor pages)."""
         page = service().list_published(page_params(args))
-        return listing(page, [post_view(p) for p in page.items])
+        return listing_json(page, [public_post(p) for p in page.items])
 
 
 @blp.route("/users/<uuid:user_id>/posts")
@@ -112,7 +112,7 @@ class UserPosts(MethodView):
     def get(self, user_id: uuid.UUID, **args: Any) -> Any:
         """A user's posts, newest first; drafts too for the user themself and admins."""
         page = service().list_by_author(user_id, page_params(args), viewer=current_principal())
-        return listing(page, [post_view(p) for p in page.items])
+        return listing_json(page, [public_post(p) for p in page.items])
 
     @idempotent(blp)
     @blp.response(201, PostEnvelopeSchema, headers={"Location": {"schema": {"type": "string"}}})

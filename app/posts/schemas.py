@@ -8,7 +8,7 @@ import marshmallow as ma
 from marshmallow import validate as v
 
 from app.core.schemas import StrictSchema, Text, envelope_schema
-from app.posts.models import BODY_MAX, STATUSES, TITLE_MAX, Post
+from app.posts.models import BODY_MAX, STATUSES, TITLE_MAX
 from app.posts.slugs import SLUG_MAX, SLUG_MIN, SLUG_REGEX
 
 
@@ -49,16 +49,16 @@ class PostPatchSchema(StrictSchema):
 
 
 class PostSchema(ma.Schema):
+    """Documents app/posts/representation.py's output (responses are not dumped through it)."""
+
     id = ma.fields.UUID(required=True)
     author_id = ma.fields.UUID(required=True)
     title = ma.fields.String(required=True)
     slug = ma.fields.String(
         required=True,
-        allow_none=True,
         metadata={
             "description": "Permalink key for GET /api/posts/by-slug/{slug}: the title's words "
-            "when the post was created, then its id; never changes. null only for a post "
-            "written before slugs existed, until the backfill has reached it.",
+            "when the post was created, then its id; never changes.",
             "pattern": f"^{SLUG_REGEX}$",
             "minLength": SLUG_MIN,
             "maxLength": SLUG_MAX,
@@ -75,18 +75,3 @@ class PostSchema(ma.Schema):
 
 PostEnvelopeSchema = envelope_schema("PostEnvelope", PostSchema)
 PostListEnvelopeSchema = envelope_schema("PostListEnvelope", PostSchema, many=True)
-
-
-def post_view(post: Post) -> dict[str, Any]:
-    return {
-        "id": post.public_id,
-        "author_id": post.author.public_id,
-        "title": post.title,
-        "slug": post.slug,
-        "body": post.body,
-        "status": post.status,
-        "published_at": post.published_at,
-        "created_at": post.created_at,
-        "updated_at": post.updated_at,
-        "version": post.version,
-    }

@@ -4,60 +4,42 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.core.cache import Cache
+from app.core.cache import Cache, app_cache
 from app.core.conditional import check_version
 from app.core.db import utcnow
 from app.core.errors import Forbidden, NotFound
+from app.core.http import cursor_codec
 from app.core.pagination import CursorCodec, Page, PageParams
 from app.core.security import Principal
-from app.core.tasks import enqueue
 from app.core.uow import UnitOfWork
+from app.extensions import db
+from app.posts import cache as post_cache
+from app.posts.cache import (
+    ALL,
+    PUBLISHED,
+    USER_POST_COUNT_KIND,
+    USER_POSTS_GEN,
+    PostSnapshot,
+    count_entry,
+)
 from app.posts.models import Post
 from app.posts.repository import PostRepository
-from app.posts.representation import public_post
 from app.posts.slugs import is_well_formed, make_slug
 from app.users.models import User
 from app.users.repository import UserRepository
 
 POST_AGGREGATE = "post"
 POST_FIELDS = ("title", "body", "status")
-POST_KIND = "post"  # cache namespace
-# A user's post counts (`meta.total` of /api/users/{id}/posts), cached under a per-user
-# generation that every write changing them bumps (app/core/cache.py).
-USER_POSTS_GEN = "user_posts_gen"
-USER_POST_COUNT_KIND = "user_post_count"
-PUBLISHED, ALL = "published", "all"  # what others see; what the author and admins see
-
-
-@dataclass(frozen=True)
-class PostSnapshot:
-    """A post as read through the cache: enough to authorise and to answer a GET."""
-
-    author_id: int
-    status: str
-    version: int
-    public: dict[str, Any]
-
-
-def post_cache_data(post: Post) -> dict[str, Any]:
-    return {"author": post.author_id, "status": post.status, "public": public_post(post)}
-
-
-def anonymous_view(data: dict[str, Any]) -> dict[str, Any] | None:
-    """A cached post as an anonymous reader sees it: None for a draft (a 404 for them) or an
-    entry `read` would reload (no slug yet). The fast lane (app/core/fast_reads.py) serves it."""
-    if data["status"] == "draft" or data["public"].get("slug") is None:
-        return None
-    return cast(dict[str, Any], data["public"])
 
 
 class PostService:
+    """Writes record events (`post.created`, ...); what follows them after the commit (cache
+    tombstones, write-through, count generations) is app/events/handlers.py's table."""
+
     def __init__(self, session: Session, *, codec: CursorCodec, cache: Cache | None = None) -> None:
         self.session = session
         self.posts = PostRepository(session)
@@ -65,21 +47,20 @@ class PostService:
         self.codec = codec
         self.cache = cache or Cache(None, ttl=0)
 
+    @classmethod
+    def from_app(cls) -> PostService:
+        """The service on this app context's session, cache and cursor codec (routes, tasks
+        and the CLI all build it here)."""
+        return cls(db.session(), codec=cursor_codec(), cache=app_cache())
+
     def read(self, public_id: uuid.UUID, *, viewer: Principal | None) -> PostSnapshot:
         """Cache-aside read with the same visibility rule as `get` (drafts: author, admins)."""
-        entry = self.cache.read(POST_KIND, public_id)
-        if entry is not None and entry["d"]["public"].get("slug") is None:
-            entry = None  # cached before its slug was backfilled (or in an older shape): reload
-        if entry is None:
+        snapshot = post_cache.read(self.cache, public_id)
+        if snapshot is None:
             post = self.posts.get(public_id)
             if post is None:
                 raise NotFound("No such post.")
-            data = post_cache_data(post)
-            self.cache.fill(POST_KIND, public_id, post.version, data)
-            version = post.version
-        else:
-            data, version = entry["d"], entry["v"]
-        snapshot = PostSnapshot(data["author"], data["status"], version, data["public"])
+            snapshot = post_cache.fill(self.cache, post)
         if snapshot.status == "draft" and not (viewer and viewer.may_act_for(snapshot.author_id)):
             raise NotFound("No such post.")
         return snapshot
@@ -96,21 +77,8 @@ class PostService:
         post = self.posts.get(public_id)
         if post is None:
             return False
-        self.cache.fill(POST_KIND, public_id, post.version, post_cache_data(post))
+        post_cache.fill(self.cache, post)
         return True
-
-    def _after_write(self, uow: UnitOfWork, post: Post, *, counts_changed: bool) -> None:
-        pid, version = post.public_id, post.version
-        uow.after_commit(lambda: self.cache.invalidate(POST_KIND, [(pid, version)]))
-        uow.after_commit(lambda: enqueue("cache.refresh_post", str(pid)))
-        if counts_changed:
-            self._after_count_change(uow, post.author.public_id)
-
-    def _after_count_change(self, uow: UnitOfWork, author_public_id: uuid.UUID) -> None:
-        """After the commit: a new generation for the author's counts now (the next read, from
-        any process, recounts), then a worker writes the fresh counts through."""
-        uow.after_commit(lambda: self.cache.bump(USER_POSTS_GEN, [author_public_id]))
-        uow.after_commit(lambda: enqueue("cache.refresh_user_post_counts", str(author_public_id)))
 
     def author_total(self, author: User, *, include_drafts: bool, limit: int) -> tuple[int, bool]:
         """Cache-aside `(total, is_estimate)` of the author's list: cached under the current
@@ -132,7 +100,7 @@ class PostService:
                 USER_POST_COUNT_KIND,
                 author.public_id,
                 generation,
-                {part: {"total": total, "estimate": estimate, "limit": limit}},
+                {part: count_entry(total, estimate, limit)},
             )
         return total, estimate
 
@@ -148,7 +116,7 @@ class PostService:
             total, estimate = self.posts.count_by_author(
                 author.id, include_drafts=part == ALL, exact_count_limit=limit
             )
-            parts[part] = {"total": total, "estimate": estimate, "limit": limit}
+            parts[part] = count_entry(total, estimate, limit)
         return self.cache.fill_aggregate(
             USER_POSTS_GEN, USER_POST_COUNT_KIND, author_public_id, generation, parts
         )
@@ -219,9 +187,8 @@ class PostService:
                     "author_id": author.public_id,
                     **{f: getattr(post, f) for f in (*POST_FIELDS, "slug", "published_at")},
                 },
+                refs={"author_id": author.public_id},
             )
-            uow.after_commit(lambda: enqueue("cache.refresh_post", str(post.public_id)))
-            self._after_count_change(uow, author.public_id)
         return post
 
     def update(
@@ -247,10 +214,6 @@ class PostService:
         with UnitOfWork(self.session, actor_id=actor.public_id) as uow:
             for key, value in values.items():
                 setattr(post, key, value)
-            if post.slug is None:
-                # A post from before slugs (expand window): it gets one now, from its new title,
-                # unless the backfill gave it one since we read it (then that one stays).
-                post.slug = sa.func.coalesce(Post.slug, make_slug(post.title, post.public_id))
             post.updated_at = now
             post.version += 1
             uow.record(
@@ -259,8 +222,8 @@ class PostService:
                 aggregate_id=post.public_id,
                 version=post.version,
                 values=values,
+                refs={"author_id": post.author.public_id},
             )
-            self._after_write(uow, post, counts_changed="status" in values)
         return post
 
     def delete(
@@ -281,8 +244,8 @@ class PostService:
                 aggregate_id=post.public_id,
                 version=post.version,
                 values={"deleted_at": now},
+                refs={"author_id": post.author.public_id},
             )
-            self._after_write(uow, post, counts_changed=True)
 
 
 def _may_edit(viewer: Principal | None, post: Post) -> bool:

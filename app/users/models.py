@@ -29,6 +29,7 @@ class User(PublicEntityMixin, Base):
             "uq_users_email_live",
             sa.func.lower(sa.column("email")),
             unique=True,
+            info={"field": "email"},  # a collision is a 409 naming this field (app/core/uow.py)
             sqlite_where=sa.text("deleted_at IS NULL"),
             postgresql_where=sa.text("deleted_at IS NULL"),
         ),
@@ -36,6 +37,7 @@ class User(PublicEntityMixin, Base):
             "uq_users_username_live",
             sa.func.lower(sa.column("username")),
             unique=True,
+            info={"field": "username"},  # a collision is a 409 naming this field (app/core/uow.py)
             sqlite_where=sa.text("deleted_at IS NULL"),
             postgresql_where=sa.text("deleted_at IS NULL"),
         ),

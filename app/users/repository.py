@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, defer
@@ -48,6 +49,11 @@ class UserRepository:
             if username is not None and row_username.lower() == username.lower():
                 fields.append("username")
         return sorted(set(fields))
+
+    def most_recent(self, limit: int, *, batch: int) -> Iterator[User]:
+        """The `limit` newest live users, streamed `batch` rows at a time (cache warming)."""
+        stmt = sa.select(User).order_by(User.created_at.desc(), User.id.desc()).limit(limit)
+        return iter(self.session.scalars(stmt.execution_options(yield_per=batch)))
 
     def add(self, user: User) -> User:
         self.session.add(user)

@@ -1,4 +1,5 @@
-"""The user's JSON representation, as both the HTTP layer and the cache need it."""
+"""The user's one JSON representation: what the cache holds and every response serves (the
+marshmallow UserSchema only documents it)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,8 @@ def with_email(public: dict[str, Any], email: str) -> dict[str, Any]:
         if key == "bio":
             out["email"] = email
     return out
+
+
+def private_user(user: User) -> dict[str, Any]:
+    """What the user themself and admins see."""
+    return with_email(public_user(user), user.email)

@@ -11,23 +11,22 @@ from flask.views import MethodView
 
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
 from app.core.api import ApiBlueprint, errors_doc, link, operation
-from app.core.cache import Cache, app_cache
+from app.core.cache import Cache
 from app.core.fast_reads import UUID_PATH, FastRead
-from app.core.http import cursor_codec, if_match, listing, page_params, single, single_json
+from app.core.http import if_match, listing_json, page_params, single_json
 from app.core.idempotency import idempotent
 from app.core.pagination import PageArgsSchema
-from app.extensions import db
+from app.users.cache import USER_KIND, UserSnapshot
 from app.users.models import User
-from app.users.representation import with_email
+from app.users.representation import private_user, public_user, with_email
 from app.users.schemas import (
     UserCreateSchema,
     UserEnvelopeSchema,
     UserListEnvelopeSchema,
     UserPatchSchema,
     UserPutSchema,
-    user_view,
 )
-from app.users.service import USER_KIND, UserService, UserSnapshot
+from app.users.service import UserService
 
 blp = ApiBlueprint("users", __name__, url_prefix="/api", description="Users.")
 
@@ -65,7 +64,7 @@ FAST_READS = [
 
 
 def service() -> UserService:
-    return UserService(db.session(), codec=cursor_codec(), cache=app_cache())
+    return UserService.from_app()
 
 
 def respond_snapshot(snapshot: UserSnapshot, cache: Cache) -> Any:
@@ -78,9 +77,9 @@ def respond_snapshot(snapshot: UserSnapshot, cache: Cache) -> Any:
 
 
 def respond(user: User) -> Any:
-    with_email = UserService.email_visible(user, current_principal())
-    view = user_view(user, with_email=with_email)
-    return single(view, user.version, variant=PRIVATE if with_email else "")
+    if UserService.email_visible(user, current_principal()):
+        return single_json(private_user(user), user.version, variant=PRIVATE)
+    return single_json(public_user(user), user.version)
 
 
 @blp.route("/users")
@@ -92,7 +91,7 @@ class UserCollection(MethodView):
     def get(self, **args: Any) -> Any:
         """List users, newest first (offset or cursor pages)."""
         page = service().list(page_params(args))
-        return listing(page, [user_view(u, with_email=False) for u in page.items])
+        return listing_json(page, [public_user(u) for u in page.items])
 
     @idempotent(blp)
     @blp.response(201, UserEnvelopeSchema, headers={"Location": {"schema": {"type": "string"}}})
@@ -106,9 +105,10 @@ class UserCollection(MethodView):
 
 
 def respond_created(user: User) -> Any:
-    view = user_view(user, with_email=True)
     location = url_for("users.UserItem", user_id=user.public_id)
-    return single(view, user.version, status=201, location=location, variant=PRIVATE)
+    return single_json(
+        private_user(user), user.version, status=201, location=location, variant=PRIVATE
+    )
 
 
 @blp.route("/users/<uuid:user_id>")

@@ -8,7 +8,7 @@ import marshmallow as ma
 from marshmallow import validate as v
 
 from app.core.schemas import CONTROL_OR_SURROGATE, StrictSchema, Text, envelope_schema
-from app.users.models import BIO_MAX, DISPLAY_NAME_MAX, EMAIL_MAX, USERNAME_MAX, User
+from app.users.models import BIO_MAX, DISPLAY_NAME_MAX, EMAIL_MAX, USERNAME_MAX
 
 USERNAME_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
@@ -94,6 +94,8 @@ class UserPatchSchema(StrictSchema):
 
 
 class UserSchema(ma.Schema):
+    """Documents app/users/representation.py's output (responses are not dumped through it)."""
+
     id = ma.fields.UUID(required=True)
     username = ma.fields.String(required=True)
     display_name = ma.fields.String(required=True)
@@ -108,19 +110,3 @@ class UserSchema(ma.Schema):
 
 UserEnvelopeSchema = envelope_schema("UserEnvelope", UserSchema)
 UserListEnvelopeSchema = envelope_schema("UserListEnvelope", UserSchema, many=True)
-
-
-def user_view(user: User, *, with_email: bool) -> dict[str, Any]:
-    """The public representation; the email only for the user themself and admins."""
-    view: dict[str, Any] = {
-        "id": user.public_id,
-        "username": user.username,
-        "display_name": user.display_name,
-        "bio": user.bio,
-        "created_at": user.created_at,
-        "updated_at": user.updated_at,
-        "version": user.version,
-    }
-    if with_email:
-        view["email"] = user.email
-    return view

@@ -4,56 +4,34 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.core.cache import Cache
+from app.core.cache import Cache, app_cache
 from app.core.conditional import check_version
 from app.core.db import utcnow
 from app.core.errors import Conflict, Forbidden, NotFound
+from app.core.http import cursor_codec
 from app.core.pagination import CursorCodec, Page, PageParams
 from app.core.security import CurrentUser, Principal, passwords
-from app.core.tasks import enqueue
 from app.core.uow import UnitOfWork
+from app.extensions import db
+from app.posts.cache import AUTHOR_DELETED
 from app.posts.repository import PostRepository
-from app.posts.service import USER_POSTS_GEN
+from app.users import cache as user_cache
+from app.users.cache import UserSnapshot
 from app.users.models import User
 from app.users.repository import UserRepository
-from app.users.representation import public_user
 
 PROFILE_FIELDS = ("email", "username", "display_name", "bio")
 USER_AGGREGATE = "user"
-USER_KIND = "user"  # cache namespace
-POST_KIND = "post"
-
-
-@dataclass(frozen=True)
-class UserSnapshot:
-    """A user as read through the cache: enough to authorise and to answer a GET."""
-
-    owner_id: int
-    version: int
-    public: dict[str, Any]
-    sealed_email: str
-    is_admin: bool
-
-    def email(self, cache: Cache) -> str:
-        return cache.unseal(self.sealed_email)
-
-
-def user_cache_data(user: User, cache: Cache) -> dict[str, Any]:
-    """What the cache holds for a user: never the email in the clear, never the hash."""
-    return {
-        "owner": user.id,
-        "admin": user.is_admin,
-        "public": public_user(user),
-        "email": cache.seal(user.email),
-    }
 
 
 class UserService:
+    """Writes record events (`user.created`, ...); what follows them after the commit (cache
+    tombstones, write-through) is app/events/handlers.py's table, not this class's."""
+
     def __init__(self, session: Session, *, codec: CursorCodec, cache: Cache | None = None) -> None:
         self.session = session
         self.users = UserRepository(session)
@@ -61,17 +39,16 @@ class UserService:
         self.codec = codec
         self.cache = cache or Cache(None, ttl=0)
 
+    @classmethod
+    def from_app(cls) -> UserService:
+        """The service on this app context's session, cache and cursor codec (routes, the
+        guard, tasks and the CLI all build it here)."""
+        return cls(db.session(), codec=cursor_codec(), cache=app_cache())
+
     def read(self, public_id: uuid.UUID) -> UserSnapshot:
         """Cache-aside: the cached snapshot, else the database (and then fill the cache)."""
-        entry = self.cache.read(USER_KIND, public_id)
-        if entry is None:
-            user = self.get(public_id)
-            data = user_cache_data(user, self.cache)
-            self.cache.fill(USER_KIND, public_id, user.version, data)
-            version = user.version
-        else:
-            data, version = entry["d"], entry["v"]
-        return UserSnapshot(data["owner"], version, data["public"], data["email"], data["admin"])
+        cached = user_cache.read(self.cache, public_id)
+        return cached if cached is not None else user_cache.fill(self.cache, self.get(public_id))
 
     def current_user(self, public_id: uuid.UUID) -> CurrentUser | None:
         """The token's user, from its current (cached) state; None when gone (token refused)."""
@@ -86,14 +63,8 @@ class UserService:
         user = self.users.get(public_id)
         if user is None:
             return False
-        self.cache.fill(USER_KIND, public_id, user.version, user_cache_data(user, self.cache))
+        user_cache.fill(self.cache, user)
         return True
-
-    def _after_write(self, uow: UnitOfWork, user: User) -> None:
-        """Invalidate now (a tombstone at the new version) and write through after commit."""
-        pid, version = user.public_id, user.version
-        uow.after_commit(lambda: self.cache.invalidate(USER_KIND, [(pid, version)]))
-        uow.after_commit(lambda: enqueue("cache.refresh_user", str(pid)))
 
     # Reads -----------------------------------------------------------------------------------
 
@@ -136,7 +107,6 @@ class UserService:
                 values={f: getattr(user, f) for f in (*PROFILE_FIELDS, "is_admin")},
                 secret_fields=("password",),
             )
-            uow.after_commit(lambda: enqueue("cache.refresh_user", str(user.public_id)))
         return user
 
     def update(
@@ -181,7 +151,6 @@ class UserService:
                 values=values,
                 secret_fields=("password",) if new_password is not None else (),
             )
-            self._after_write(uow, user)
         return user
 
     def delete(
@@ -209,15 +178,11 @@ class UserService:
                 uow.record(
                     "post.deleted",
                     aggregate_type="post",
+                    refs={"author_id": user.public_id},
                     aggregate_id=post_id,
                     version=post_version,
-                    values={"deleted_at": now, "reason": "author_deleted"},
+                    values={"deleted_at": now, "reason": AUTHOR_DELETED},
                 )
-            pid, version = user.public_id, user.version
-            uow.after_commit(lambda: self.cache.invalidate(USER_KIND, [(pid, version)]))
-            uow.after_commit(lambda: self.cache.invalidate(POST_KIND, gone))
-            # Their post counts: a new generation (no write-through: the list is a 404 now).
-            uow.after_commit(lambda: self.cache.bump(USER_POSTS_GEN, [pid]))
 
     # Helpers ---------------------------------------------------------------------------------
 

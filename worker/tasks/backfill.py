@@ -12,19 +12,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task
 from flask import current_app
 from sqlalchemy.exc import OperationalError
 
 from app.backfill import options_from_config, run_backfill
 from app.backfill.checkpoint import DONE, AlreadyRunning
 from app.backfill.registry import get_backfill
-from app.extensions import db
+from app.extensions import celery, db
 
 log = logging.getLogger(__name__)
 
 
-@shared_task(
+@celery.task(
     name="backfill.run",
     bind=True,
     autoretry_for=(OperationalError,),  # database away or a lock timeout: the checkpoint holds
@@ -53,8 +53,6 @@ def run_backfill_task(
         # in case it was a worker that died on another host.
         log.info("backfill_busy", extra={"backfill": name, "reason": str(exc)})
         raise self.retry(countdown=lease, exc=exc) from None
-    finally:
-        db.session.remove()
     if result.state != DONE:
         self.apply_async(
             args=(name,), kwargs={"batch_size": batch_size, "sleep_seconds": sleep_seconds}

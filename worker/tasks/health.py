@@ -7,26 +7,25 @@ import time
 from typing import Any
 
 import sqlalchemy as sa
-from celery import Task, shared_task
+from celery import Task
 from flask import current_app
 
 from app.core.context import current_request_id
 from app.core.redis_client import get_redis
-from app.extensions import db
+from app.extensions import celery, db
 
 SLEEP_PREFIX = "postboard:test:sleep"
 SLEEP_MAX_SECONDS = 60.0
 SLEEP_MARK_TTL = 3600
 
 
-@shared_task(name="worker.ping")
+@celery.task(name="worker.ping")
 def ping() -> dict[str, str | None]:
     db.session.execute(sa.text("SELECT 1"))
-    db.session.remove()
     return {"status": "pong", "request_id": current_request_id()}
 
 
-@shared_task(name="worker.sleep", bind=True)
+@celery.task(name="worker.sleep", bind=True)
 def sleep(self: Task, seconds: float, token: str) -> dict[str, Any]:
     """Sleep (at most a minute), then mark `token` done, once.
 

@@ -1,35 +1,37 @@
-"""Periodic housekeeping, scheduled by beat."""
+"""Periodic housekeeping, scheduled by beat (each entry declared on its task)."""
 
 from __future__ import annotations
 
 import logging
 
 import redis
-from celery import shared_task
 from flask import current_app
 
 from app.auth.blocklist import TokenBlocklist
 from app.core.idempotency import store as idempotency_store
 from app.core.redis_client import get_redis
-from app.extensions import db
+from app.extensions import celery, db
 
 log = logging.getLogger(__name__)
 
 
-@shared_task(name="auth.purge_revoked_tokens")
+@celery.periodic_task(
+    entry="purge-revoked-tokens",
+    every=lambda config: float(config["PURGE_REVOKED_TOKENS_SECONDS"]),
+    name="auth.purge_revoked_tokens",
+)
 def purge_revoked_tokens() -> int:
     """Delete blocklist rows whose tokens have expired anyway (idempotent)."""
     session = db.session()
-    try:
-        removed = TokenBlocklist(session, None).purge_expired()
-        session.commit()
-    finally:
-        db.session.remove()
+    removed = TokenBlocklist(session, None).purge_expired()
+    session.commit()
     log.info("revoked_tokens_purged", extra={"removed": removed})
     return removed
 
 
-@shared_task(
+@celery.periodic_task(
+    entry="resync-blocklist",
+    every=lambda config: float(config["BLOCKLIST_RESYNC_SECONDS"]),
     name="auth.resync_blocklist",
     autoretry_for=(redis.RedisError,),
     retry_backoff=True,
@@ -38,16 +40,16 @@ def purge_revoked_tokens() -> int:
 )
 def resync_blocklist() -> int:
     """Re-mirror unexpired revocations to Redis (idempotent: each SET just refreshes a TTL)."""
-    session = db.session()
-    try:
-        copied = TokenBlocklist(session, get_redis(current_app.config["REDIS_URL"])).resync()
-    finally:
-        db.session.remove()
+    copied = TokenBlocklist(db.session(), get_redis(current_app.config["REDIS_URL"])).resync()
     log.info("blocklist_resynced", extra={"tokens": copied})
     return copied
 
 
-@shared_task(name="idempotency.purge_expired_keys")
+@celery.periodic_task(
+    entry="purge-idempotency-keys",
+    every=lambda config: float(config["IDEMPOTENCY_PURGE_SECONDS"]),
+    name="idempotency.purge_expired_keys",
+)
 def purge_expired_idempotency_keys() -> int:
     """Delete idempotency keys past their expiry (idempotent; expired rows are ignored anyway)."""
     removed = idempotency_store().purge_expired()

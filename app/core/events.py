@@ -1,8 +1,10 @@
-"""The append-only event log: one row per write, written in the write's own transaction."""
+"""The append-only event log (one row per write, in the write's own transaction) and the
+in-memory `DomainEvent` the unit of work hands to the after-commit handlers."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -29,3 +31,17 @@ class Event(Base):
     data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
 
     __table_args__ = (sa.Index("ix_events_aggregate", "aggregate_type", "aggregate_id", "id"),)
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """What a committed write did, as its after-commit handlers see it."""
+
+    event_type: str
+    aggregate_id: uuid.UUID
+    version: int
+    fields: frozenset[str] = frozenset()
+    values: dict[str, Any] = field(default_factory=dict)
+    # Related aggregates an effect needs but the stored row does not carry (e.g. a post's
+    # author, whose counts change): handed to the handlers, never stored.
+    refs: dict[str, Any] = field(default_factory=dict)
