@@ -18,6 +18,7 @@ from flask_limiter import Limit, Limiter, RequestLimit
 
 from app.core.audit import security_event
 from app.core.fast_reads import CHARGED
+from app.core.redis_client import limiter_storage_options
 
 # Probes, metrics and docs are never limited: an orchestrator must always reach them.
 EXEMPT_BLUEPRINTS = {"ops", "api-docs"}
@@ -117,9 +118,7 @@ def configure_limiter(app: Flask) -> Limiter:
     cfg.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
     if cfg["RATELIMIT_STORAGE_URI"].startswith("redis"):
         # A dead Redis must cost milliseconds, not the default socket timeouts.
-        cfg.setdefault(
-            "RATELIMIT_STORAGE_OPTIONS", {"socket_timeout": 0.25, "socket_connect_timeout": 0.25}
-        )
+        cfg.setdefault("RATELIMIT_STORAGE_OPTIONS", limiter_storage_options(cfg))
     limiter = Limiter(
         key_func=client_key,
         # One budget per caller across the whole API (a shared scope), not one per route:
