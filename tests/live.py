@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +111,58 @@ def live_server(
 def server(app: Flask, tmp_path: Path) -> Iterator[tuple[Http, subprocess.Popen]]:
     with live_server(app, tmp_path) as running:
         yield running
+
+
+# Load drills (tests/test_resilience_*.py) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request of a drill: when it started (monotonic), how long it took, what came back."""
+
+    op: str
+    started: float
+    seconds: float
+    status: int
+    headers: dict
+    body: Any
+
+
+class Recorder:
+    """Timed HTTP calls from several threads, every answer kept (a connection error is status 0)."""
+
+    def __init__(self, http: Http) -> None:
+        self.http = http
+        self.samples: list[Sample] = []
+        self._lock = threading.Lock()
+
+    def call(self, op: str, method: str, path: str, body: Any = None, headers: dict | None = None):
+        started = time.monotonic()
+        try:
+            status, got_headers, got_body = self.http.call(method, path, body, headers, timeout=15)
+        except (OSError, ValueError) as exc:  # refused, reset, timed out, not JSON
+            status, got_headers, got_body = 0, {}, repr(exc)
+        sample = Sample(op, started, time.monotonic() - started, status, got_headers, got_body)
+        with self._lock:
+            self.samples.append(sample)
+        return status, got_headers, got_body
+
+    def between(self, start: float, end: float) -> list[Sample]:
+        with self._lock:
+            return [s for s in self.samples if start <= s.started < end]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile (`fraction` 0.99 = p99) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
+def run_clients(
+    loops: list[Callable[[threading.Event], None]], stop: threading.Event
+) -> list[threading.Thread]:
+    """Start one daemon thread per loop; each runs until `stop` is set."""
+    threads = [threading.Thread(target=loop, args=(stop,), daemon=True) for loop in loops]
+    for thread in threads:
+        thread.start()
+    return threads

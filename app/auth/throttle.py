@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
+from typing import Any
 
 from flask import Flask, current_app
 from limits import RateLimitItemPerSecond
@@ -24,6 +25,7 @@ from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from app.core.audit import security_event
+from app.core.redis_client import redis_budget
 
 KEY_PREFIX = "postboard:login-failures"  # Redis keys: under the service's own prefix
 _EXTENSION = "postboard.account_throttle"
@@ -55,10 +57,10 @@ class AccountThrottle:
         self.max_failures = max_failures
         self.window_seconds = window_seconds
         self.item = RateLimitItemPerSecond(max(1, max_failures), window_seconds, "account")
-        options: dict[str, float | str | bool] = {"wrap_exceptions": True}
+        options: dict[str, Any] = {"wrap_exceptions": True}
         if not uri.startswith("memory://"):
-            # Short timeouts, as for every Redis call here: a dead Redis must not hang a login.
-            options.update(key_prefix=KEY_PREFIX, socket_timeout=0.25, socket_connect_timeout=0.25)
+            # The service's Redis budget: a dead Redis must not hang a login.
+            options.update(key_prefix=KEY_PREFIX, **redis_budget())
         storage = storage_from_string(uri, **options)
         if not isinstance(storage, Storage):  # an async+ scheme: not for this sync code
             raise ValueError(f"not a synchronous limits storage: {uri.split(':', 1)[0]}")

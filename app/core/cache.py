@@ -47,6 +47,7 @@ from cryptography.fernet import Fernet
 
 from app.core.cache_backends import PREFIX, STATS_KEY, Backend, DiskBackend, RedisBackend
 from app.core.metrics import record_cache_read
+from app.core.redis_client import skip_redis
 
 __all__ = ["PREFIX", "STATS_KEY", "Backend", "Cache", "DiskBackend", "RedisBackend"]
 
@@ -56,6 +57,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCHEMA = "v2"  # bump when a cached shape changes: a deploy never reads an old shape
+# How often owed tombstones and bumps are retried in the background (each try goes through the
+# breaker, so while it is open a try costs nothing and its probe paces real attempts).
+REPLAY_INTERVAL_SECONDS = 0.5
 
 
 def fresh_generation() -> str:
@@ -104,6 +108,7 @@ class Cache:
         # Generation bumps that could not be written, the same way (key -> sequence number).
         self._pending_bumps: dict[str, int] = {}
         self._bump_seq = 0
+        self._replayer: threading.Timer | None = None
         self.aggregate_ttl = aggregate_ttl if aggregate_ttl is not None else ttl
         # A generation outlives the entries stored under it (an expired one only costs a miss).
         self._gen_ttl = 2 * self.aggregate_ttl
@@ -120,6 +125,8 @@ class Cache:
         return self._box.decrypt(token.encode()).decode()
 
     def _call(self, fn: Any, *args: Any) -> Any:
+        if skip_redis(self.breaker):
+            return None  # open: the breaker's background probe finds out when Redis is back
         try:
             with self.breaker.calling():
                 return fn(*args)
@@ -176,6 +183,23 @@ class Cache:
             with self._lock:
                 for key, payload, version in items:
                     self._pending[key] = (payload, version)
+            self._replay_soon()
+
+    def _replay_soon(self) -> None:
+        """Retry what is owed from a timer thread, not only on this process's next request:
+        other processes may read those entries from Redis as soon as it is back."""
+        with self._lock:
+            if self._replayer is not None:
+                return
+            self._replayer = threading.Timer(REPLAY_INTERVAL_SECONDS, self._replay)
+            self._replayer.daemon = True
+            self._replayer.start()
+
+    def _replay(self) -> None:
+        with self._lock:
+            self._replayer = None
+        if not self._flush_pending():
+            self._replay_soon()
 
     def _flush_pending(self) -> bool:
         """Write the tombstones and generation bumps the cache missed while down; True once none
@@ -279,6 +303,7 @@ class Cache:
                 for key in keys:
                     self._bump_seq += 1
                     self._pending_bumps[key] = self._bump_seq
+            self._replay_soon()
 
     def _count(self, *, miss: bool) -> None:
         with self._lock:
@@ -314,7 +339,7 @@ class Cache:
 
 def build_cache(config: dict[str, Any]) -> Cache:
     """The cache for an app: Redis when REDIS_URL is set, else a shared disk cache; or off."""
-    from app.core.redis_client import get_redis
+    from app.core.redis_client import ProbeWhenOpen, get_redis
 
     ttl = int(config["CACHE_TTL_SECONDS"])
     aggregate_ttl = int(config.get("CACHE_AGGREGATE_TTL_SECONDS", ttl))
@@ -328,6 +353,8 @@ def build_cache(config: dict[str, Any]) -> Cache:
     if config["CACHE_ENABLED"]:
         client = get_redis(config.get("REDIS_URL"))
         backend = RedisBackend(client) if client else DiskBackend(Path(config["CACHE_DIR"]))
+        if client is not None:  # requests skip Redis while open; a PING tries it again
+            breaker.add_listener(ProbeWhenOpen(client.ping))
     return Cache(backend, ttl=ttl, secret=secret, breaker=breaker, aggregate_ttl=aggregate_ttl)
 
 

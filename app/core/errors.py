@@ -7,11 +7,14 @@ HTTP errors (unknown route, 405, 413, ...) and uncaught exceptions go through th
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
 from flask import Response, has_request_context, jsonify, request
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from app.core.audit import security_event
@@ -194,11 +197,50 @@ def handle_http_exception(error: HTTPException) -> Response:
     return error_response(status, code, message, details, headers)
 
 
+# Seconds a client should wait before retrying while the database is unreachable.
+DATABASE_RETRY_AFTER_SECONDS = 2
+# SQLite's words for "another writer holds the lock" (after the busy timeout ran out).
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Is `error` the database being unreachable or busy (stopped, restarting, refusing, pool
+    exhausted, connection dropped mid-request, SQLite locked), as opposed to a bug?"""
+    if isinstance(error, sa_exc.InvalidatePoolError | sa_exc.DisconnectionError):
+        return True
+    if isinstance(error, sa_exc.TimeoutError):  # QueuePool: no connection within pool_timeout
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        original = error.orig
+        if isinstance(original, psycopg.OperationalError | psycopg.InterfaceError):
+            return True  # connection refused/lost, server shutting down, starting up
+        if isinstance(original, sqlite3.OperationalError):
+            return any(text in str(original).lower() for text in _SQLITE_BUSY)
+        return False
+    return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def database_unavailable_response() -> Response:
+    """503 in the envelope, with Retry-After: the client may try again shortly."""
+    return error_response(
+        503,
+        ServiceUnavailable.code,
+        "The database is unavailable; try again shortly.",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def handle_unexpected(error: Exception) -> Response:
     if isinstance(error, HTTPException):
         return handle_http_exception(error)
     if isinstance(error, AppError):
         return handle_app_error(error)
+    if database_unavailable(error):
+        # One line, no traceback: an outage would otherwise flood the log with identical ones.
+        log.warning("database_unavailable", extra={"error": type(error).__name__})
+        return database_unavailable_response()
     # Logged with the traceback for operators; the client sees only the generic envelope.
     log.exception("unhandled_exception")
     return error_response(500, "INTERNAL_ERROR", HTTPStatus.INTERNAL_SERVER_ERROR.phrase + ".")

@@ -5,7 +5,7 @@ for the whole API (scope "api"), unless a route declares its own limit with `rou
 and registration do, per IP), which then replaces the shared one for that route. Shared by every
 web process through Redis when REDIS_URL is set; in process memory on the embedded default, and
 in process memory while Redis is unreachable (a limit may then admit up to limit x processes;
-no request fails).
+no request fails; the shared Redis breaker of app/core/redis_client.py decides when to try again).
 
 Why not flask-limiter: it takes the hit with one EVALSHA before the view and reads the window
 for the X-RateLimit-* headers with a second one after it, and limits' storage API has no call
@@ -24,22 +24,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import pybreaker
 import redis
 from flask import Flask, g, request
 from limits import parse_many
 
 from app.core.audit import security_event
+from app.core.redis_client import REDIS_ERRORS, redis_breaker, skip_redis
 from app.settings import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
+_FAILURES: tuple[type[BaseException], ...] = (pybreaker.CircuitBreakerError, *REDIS_ERRORS)
 
 # Probes, metrics and docs are never limited: an orchestrator must always reach them.
 EXEMPT_BLUEPRINTS = frozenset({"ops", "api-docs"})
 EXEMPT_ENDPOINTS = frozenset({"swagger_ui_static", "metrics"})
 ROUTE_LIMIT_ATTR = "_route_limit"  # set by @route_limit on a view (method) function
 STRATEGY = "sliding-window-counter"  # the one strategy of the script below
-REDIS_PAUSE_SECONDS = 5.0  # after a Redis error, count in memory this long before trying again
 
 # KEYS[1] = this window's counter, KEYS[2] = the previous window's; ARGV = limit, period (ms),
 # ms elapsed in this window. Returns {admitted (1/0), previous count, current count}.
@@ -140,13 +142,20 @@ class MemoryCounters:
 class RateLimiter:
     """Hits a caller's window and runs the pipeline's other Redis reads in the same round trip."""
 
-    def __init__(self, client: redis.Redis | None, *, limit_in_redis: bool, prefix: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis | None,
+        *,
+        breaker: pybreaker.CircuitBreaker,
+        limit_in_redis: bool,
+        prefix: str,
+    ) -> None:
         self.client = client
+        self.breaker = breaker  # decides when a failed Redis is tried again (in memory till then)
         self.limit_in_redis = limit_in_redis and client is not None
         self.prefix = prefix
         self.memory = MemoryCounters()
         self._sha: str | None = None  # the script's SHA, loaded on first use
-        self._paused_until = 0.0
 
     def round_trip(
         self, hit: tuple[str, Rule] | None, reads: list[tuple[Any, ...]]
@@ -156,15 +165,15 @@ class RateLimiter:
         The reads' replies are None when Redis is absent or failed (callers then fall back)."""
         now = time.time()
         args = self._hit_args(hit, now) if hit is not None else None
-        use_redis = self.client is not None and time.monotonic() >= self._paused_until
+        use_redis = self.client is not None and not skip_redis(self.breaker)
         replies: list[Any] | None = None
         counts: list[int] | None = None
         in_redis = args is not None and self.limit_in_redis
         if use_redis and (reads or in_redis):
             try:
-                replies = self._execute(args if in_redis else None, reads)
-            except (redis.RedisError, OSError) as exc:
-                self._paused_until = time.monotonic() + REDIS_PAUSE_SECONDS
+                with self.breaker.calling():
+                    replies = self._execute(args if in_redis else None, reads)
+            except _FAILURES as exc:
                 log.warning("rate_limit_store_unavailable", extra={"error": type(exc).__name__})
                 replies = None
             if replies is not None and in_redis:
@@ -281,6 +290,9 @@ def configure_limiter(app: Flask) -> RateLimiter:
     client = get_redis(cfg.get("REDIS_URL"))
     limiter = RateLimiter(
         client,
+        breaker=redis_breaker(
+            f"ratelimit@{cfg.get('REDIS_URL')}", cfg, probe=client.ping if client else None
+        ),
         limit_in_redis=cfg["RATELIMIT_STORAGE_URI"] == cfg.get("REDIS_URL"),
         prefix=str(cfg.get("RATELIMIT_KEY_PREFIX", "postboard")),
     )

@@ -23,6 +23,7 @@ from celery.signals import before_task_publish, task_postrun, task_prerun
 from flask import Flask, current_app, has_app_context
 
 from app.core.context import current_request_id, request_id_var
+from app.core.redis_client import celery_transport_options
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,14 @@ def celery_config(cfg: Mapping[str, Any], *, role: str = "web") -> dict[str, Any
         "accept_content": ["json"],
         "timezone": "UTC",
         "worker_hijack_root_logger": False,
+        # Socket budgets for every Redis call of the broker and the result backend (these
+        # transport options include the visibility timeout and the publisher's retry above).
+        **celery_transport_options(
+            cfg["CELERY_BROKER_URL"],
+            cfg["CELERY_RESULT_BACKEND"],
+            consumer=role == "worker",
+            visibility_timeout=int(cfg["CELERY_VISIBILITY_TIMEOUT"]),
+        ),
     }
 
 
@@ -182,6 +191,7 @@ class Publisher:
             name,
             args=args,
             headers={"x_request_id": request_id},
+            ignore_result=True,  # the web never reads a result: no per-task result subscription
             retry=True,
             retry_policy=PUBLISH_RETRY,
         )

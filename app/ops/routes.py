@@ -15,6 +15,7 @@ from flask import Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from app.core.api import ApiBlueprint
+from app.core.cache import app_cache
 from app.core.errors import Unauthenticated
 from app.core.metrics import ScrapeRefused, authorize_scrape, render
 from app.core.redis_client import get_redis
@@ -86,6 +87,8 @@ def check_cache() -> str:
     client = get_redis(current_app.config["REDIS_URL"])
     if client is None:
         return "not_configured"
+    if app_cache().breaker.current_state != "closed":
+        return "disconnected"  # failed just now: no PING to wait out (its probe retries)
     try:
         client.ping()
         return "connected"

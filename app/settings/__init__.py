@@ -208,9 +208,16 @@ class Settings:
     cache_ttl_seconds: int = setting("CACHE_TTL_SECONDS", 300, at_least(1))
     cache_aggregate_ttl_seconds: int = setting("CACHE_AGGREGATE_TTL_SECONDS", 300, at_least(1))
     cache_dir: str = setting("CACHE_DIR", lambda v: str(v["instance_dir"] / "cache"))
-    # Circuit breaker around the cache: open after this many failures, retry after this long.
+    # Circuit breaker around the cache: open after this many failures, retry after this long
+    # (a background probe makes the retry, so a short reset costs requests nothing).
     cache_breaker_fail_max: int = setting("CACHE_BREAKER_FAIL_MAX", 3, at_least(1))
-    cache_breaker_reset_seconds: float = setting("CACHE_BREAKER_RESET_SECONDS", 10.0, above(0))
+    cache_breaker_reset_seconds: float = setting("CACHE_BREAKER_RESET_SECONDS", 3.0, above(0))
+    # Every Redis client's budget (cache, blocklist, limiter, broker): a dead Redis costs this
+    # much once, then the breakers (blocklist, broker) skip it until a probe succeeds.
+    redis_socket_timeout_seconds: float = setting("REDIS_SOCKET_TIMEOUT_SECONDS", 0.25, above(0))
+    redis_connect_timeout_seconds: float = setting("REDIS_CONNECT_TIMEOUT_SECONDS", 0.25, above(0))
+    redis_breaker_fail_max: int = setting("REDIS_BREAKER_FAIL_MAX", 3, at_least(1))
+    redis_breaker_reset_seconds: float = setting("REDIS_BREAKER_RESET_SECONDS", 5.0, above(0))
     # Beat warms the most recent N users and posts this often (0 = never).
     cache_warm_limit: int = setting("CACHE_WARM_LIMIT", 1000, at_least(0))
     cache_warm_interval_seconds: int = setting("CACHE_WARM_INTERVAL_SECONDS", 600, at_least(0))
