@@ -78,6 +78,8 @@ class TokenCaller:
     def reads(self) -> list[tuple[Any, ...]]:
         if self.claims is None or not current_app.config.get("REDIS_URL"):
             return []
+        if not blocklist().redis_ready():  # down, or owes revocations: the database answers
+            return []
         commands: list[tuple[Any, ...]] = [("EXISTS", *(KEY_PREFIX + k for k in self._keys()))]
         cache = app_cache()
         if cache.enabled and not cache.owes_writes:
