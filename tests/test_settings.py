@@ -4,6 +4,7 @@ overrides pass the same checks; production refuses weak secrets."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from flask import Flask
 
 import app.settings as settings_module
 from app import create_app
-from app.settings import DEV_JWT_SECRET, DEV_SECRET, ConfigError, Settings, settings
+from app.settings import ConfigError, Settings, settings
+from app.settings.instance_secrets import secrets_path
 from tests.conftest import test_config
 
 STRONG = "x" * 48
@@ -37,7 +39,9 @@ def test_the_defaults_depend_on_the_environment_kind(tmp_path: Path) -> None:
     assert (testing.ratelimit_enabled, testing.tasks_enabled) == (False, False)
     assert (dev.argon2_time_cost, dev.argon2_memory_cost_kib) == (3, 65536)
     assert (testing.argon2_time_cost, testing.argon2_memory_cost_kib) == (1, 1024)
-    assert dev.secret_key == DEV_SECRET
+    # Generated once for the instance directory, shared by every kind outside production.
+    assert dev.secret_key == testing.secret_key != dev.jwt_secret_key
+    assert secrets_path(tmp_path / "instance").exists()
     assert dev.redis_url is None
     assert dev.cache_dir == str(tmp_path / "instance" / "cache")
 
@@ -73,7 +77,8 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
     assert values.redis_url is None
     assert values.metrics_token is None
     assert values.cors_origins == ()
-    assert values.secret_key == DEV_SECRET
+    generated = json.loads(secrets_path(settings_module.INSTANCE_DIR).read_text())
+    assert values.secret_key == generated["SECRET_KEY"]
 
 
 def test_a_dotenv_file_is_read_and_the_environment_wins(
@@ -182,8 +187,8 @@ def test_overrides_by_variable_flask_key_or_field_name() -> None:
     [
         ("", STRONG),
         (STRONG, ""),
-        (DEV_SECRET, STRONG),
-        (STRONG, DEV_JWT_SECRET),
+        ("dev-secret-change-me", STRONG),  # the public development values of old
+        (STRONG, "dev-jwt-secret-change-me-32-bytes!"),
         ("short", STRONG),
         ("changeme", STRONG),
         (STRONG, "Secret"),
@@ -216,9 +221,10 @@ def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JWT_SECRET_KEY", "jwt-" + STRONG)
     monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u:db-password@h/db")
     monkeypatch.setenv("METRICS_TOKEN", "scrape-token")
-    text = repr(Settings.from_env())
+    values = Settings.from_env()
+    text = repr(values)
     assert "cache_ttl_seconds=300" in text
-    assert not any(s in text for s in ("jwt-xxx", "db-password", "scrape-token", DEV_SECRET))
+    assert not any(s in text for s in ("jwt-xxx", "db-password", "scrape-token", values.secret_key))
 
 
 def test_settings_are_frozen() -> None:
