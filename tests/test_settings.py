@@ -99,7 +99,6 @@ def test_a_dotenv_file_is_read_and_the_environment_wins(
         ("RATELIMIT_LOGIN", "10 per fortnight", "not a limit string"),
         ("RATELIMIT_ANONYMOUS", "0/minute", "allows nothing"),
         ("RATELIMIT_REGISTER", "20/hour;x", "not a limit string"),
-        ("RATELIMIT_STRATEGY", "leaky-bucket", "must be one of"),
         ("APP_ENV", "staging", "must be one of development, testing, production"),
         ("JWT_ALGORITHM", "none", "must be one of HS256, HS384, HS512"),
         ("JWT_ALGORITHM", "RS256", "must be one of"),
@@ -153,7 +152,6 @@ def test_every_bad_variable_is_reported_at_once(monkeypatch: pytest.MonkeyPatch)
         ({"RATELIMIT_ENABLED": "perhaps"}, "RATELIMIT_ENABLED: Not a valid boolean"),
         ({"RATELIMIT_LOGIN": "lots"}, "RATELIMIT_LOGIN: 'lots' is not a limit string"),
         ({"SQLALCHEMY_DATABASE_URI": "nonsense"}, "DATABASE_URL: is not a URL"),
-        ({"ratelimit_strategy": "leaky"}, "RATELIMIT_STRATEGY: must be one of"),
         ({"cache_tll_seconds": 5}, "unknown settings: cache_tll_seconds"),
     ],
 )
@@ -246,7 +244,6 @@ def test_the_flask_config_has_what_flask_and_our_code_read() -> None:
     assert config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
     assert config["SQLALCHEMY_ENGINE_OPTIONS"] == {"connect_args": {"timeout": 30}}
     assert config["TESTING"] is True
-    assert config["RATELIMIT_STRATEGY"] == "sliding-window-counter"
     # Settings nothing reads are gone (Flask 3 ignores JSON_SORT_KEYS; flask-jwt-extended 4 has
     # no blacklist option; pagination's bounds live in app/core/pagination.py).
     dead = {"JSON_SORT_KEYS", "JWT_BLACKLIST_ENABLED", "FAST_READS_ENABLED"}

@@ -64,7 +64,6 @@ AppEnv = Literal["development", "testing", "production"]
 # HMAC only: the service signs with a shared secret and has no key pair to offer RS*/ES*.
 JwtAlgorithm = Literal["HS256", "HS384", "HS512"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-RateLimitStrategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]
 
 # Fixed Flask and flask-smorest options: part of the code, not of a deployment.
 _FLASK_CONSTANTS: dict[str, Any] = {
@@ -199,9 +198,6 @@ class Settings:
     ratelimit_authenticated: str = setting("RATELIMIT_AUTHENTICATED", "1200/minute", a_limit_string)
     ratelimit_login: str = setting("RATELIMIT_LOGIN", "10/minute", a_limit_string)
     ratelimit_register: str = setting("RATELIMIT_REGISTER", "20/hour", a_limit_string)
-    ratelimit_strategy: RateLimitStrategy = setting(
-        "RATELIMIT_STRATEGY", "sliding-window-counter", normalise=str.lower
-    )
 
     # Idempotency-Key: replay window; hold of an unfinished request (above gunicorn's timeout);
     # beat's purge interval.
