@@ -26,7 +26,7 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 from app.auth.blocklist import KEY_PREFIX, TokenBlocklist, family_key
 from app.auth.service import AuthService, family_of
 from app.core.audit import security_event
-from app.core.cache import app_cache, cache_key, decode_entry
+from app.core.cache import app_cache, cache_key
 from app.core.errors import Unauthenticated
 from app.core.pipeline import identify_with
 from app.core.redis_client import get_redis
@@ -144,9 +144,10 @@ class TokenCaller:
         except ValueError:
             return None
         if self.user_entry is not _UNREAD:
-            entry = decode_entry(self.user_entry)
+            cache = app_cache()  # decode verifies the entry's MAC: a forged one is a miss
+            entry = cache.decode(cache_key(USER_KIND, self.subject), self.user_entry)
             if entry is not None:  # read in the round trip: the domain's own snapshot of it
-                app_cache().note_read(USER_KIND, hit=True)
+                cache.note_read(USER_KIND, hit=True)
                 cached = snapshot(entry["d"], entry["v"])
                 return CurrentUser(cached.owner_id, public_id, cached.is_admin)
         return UserService.from_app().current_user(public_id)
