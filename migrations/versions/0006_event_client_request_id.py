@@ -1,0 +1,29 @@
+"""events.client_request_id: the client's X-Request-ID, kept beside the server's own request id.
+
+`events.request_id` is from now on always the server's id of the request that wrote the event (a
+client could send any id, even someone else's); the client's id, when it sent a well-formed one,
+goes here, marked as the client's. A nullable column without a default: instant on PostgreSQL
+(no table rewrite); SQLite uses batch mode (the table is rebuilt).
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-03
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("events") as batch:
+        batch.add_column(sa.Column("client_request_id", sa.String(128), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("events") as batch:
+        batch.drop_column("client_request_id")
