@@ -1,8 +1,9 @@
 """Users: the token cut-off of the last password change (when it happened, in milliseconds
 since the epoch, and the login family that made it, which stays valid).
 
-Both columns are nullable and have no default: adding them is instant on PostgreSQL and a
-batch rebuild on SQLite; NULL means no password change has ended any login yet.
+Both columns are nullable and have no default: adding (and dropping) them is a plain ALTER
+TABLE, instant on PostgreSQL and on SQLite (3.35+ drops columns natively); no batch rebuild,
+which would lose the users table's expression indexes. NULL: no password change ended a login.
 
 Revision ID: 0006
 Revises: 0005
@@ -19,12 +20,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("users") as batch:
-        batch.add_column(sa.Column("tokens_cutoff_ms", sa.BigInteger(), nullable=True))
-        batch.add_column(sa.Column("tokens_kept_family", sa.String(32), nullable=True))
+    op.add_column("users", sa.Column("tokens_cutoff_ms", sa.BigInteger(), nullable=True))
+    op.add_column("users", sa.Column("tokens_kept_family", sa.String(32), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("users") as batch:
-        batch.drop_column("tokens_kept_family")
-        batch.drop_column("tokens_cutoff_ms")
+    op.drop_column("users", "tokens_kept_family")
+    op.drop_column("users", "tokens_cutoff_ms")
