@@ -1,11 +1,12 @@
 """Attempt counters in a moving window: failed logins, current-password guesses, email changes.
 
-Failed logins are counted per (email, client address) and per email (docs/decisions/
-0015-login-throttling-without-lockout.md): after `LOGIN_ACCOUNT_MAX_FAILURES` failures of one pair within
-`LOGIN_ACCOUNT_WINDOW_SECONDS` that pair is refused (429) until the oldest leaves the window,
-so one address cannot guess on; after `LOGIN_ACCOUNT_SPREAD_MAX_FAILURES` failures of one email
-from anywhere, only addresses that logged in to it successfully before may still try, so a
-botnet cannot either, and the owner, at home, is never locked out. Only failures are counted,
+Failed logins are counted per (email, client address) and per email (see
+docs/decisions/0015-login-throttling-without-lockout.md): after `LOGIN_ACCOUNT_MAX_FAILURES`
+failures of one pair within `LOGIN_ACCOUNT_WINDOW_SECONDS` that pair is refused (429) until the
+oldest leaves the window, so one address cannot guess on; after
+`LOGIN_ACCOUNT_SPREAD_MAX_FAILURES` failures of one email from anywhere, only addresses that
+logged in to it successfully before may still try, so a botnet cannot either, and the owner,
+at home, is never locked out. Only failures are counted,
 for unknown emails too, so the answers are the same whether or not the account exists. Emails
 are counted under a keyed hash, never in the clear.
 

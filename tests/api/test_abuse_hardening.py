@@ -1,7 +1,7 @@
 """Guessing and enumeration (issue #13 items 3, 4 and 6, contract §3): `current_password`
-guesses are limited like logins; failed logins never lock the owner out (counted per address and
-per account, see docs/decisions/0015-login-throttling-without-lockout.md); email changes are limited like
-registrations, since a 409 tells whether an email is taken."""
+guesses are limited like logins; failed logins never lock the owner out (counted per address
+and per account, see docs/decisions/0015-login-throttling-without-lockout.md); email changes
+are limited like registrations, since a 409 tells whether an email is taken."""
 
 from __future__ import annotations
 
