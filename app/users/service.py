@@ -163,6 +163,13 @@ class UserService:
                 values=values,
                 secret_fields=("password",) if new_password is not None else (),
             )
+        if new_password is not None:
+            security_event(
+                "password_changed",
+                user_id=str(user.public_id),
+                actor_id=str(actor.public_id),
+                other_logins_ended=True,
+            )
         return user
 
     def delete(

@@ -5,6 +5,7 @@ token is accepted only with the claims the contract requires (`sub` a user uuid,
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -80,7 +81,8 @@ def test_a_password_change_ends_every_other_login_but_not_its_own(client, other_
     assert refresh(elsewhere, fresh["refresh_token"]).status_code == 200
 
 
-def test_an_admins_reset_ends_every_login_of_the_user(client, make_account):
+def test_an_admins_reset_ends_every_login_of_the_user(client, make_account, caplog):
+    caplog.set_level(logging.INFO, logger="app.security")
     admin, user = make_account(admin=True), make_account()
     other = login(client, user.email)
     reset = change_password(client, user.id, admin.tokens["access_token"], password=NEW_PASSWORD)
@@ -89,6 +91,8 @@ def test_an_admins_reset_ends_every_login_of_the_user(client, make_account):
         assert_refused(client.get("/api/me", headers=bearer(tokens["access_token"])))
         assert_refused(refresh(client, tokens["refresh_token"]))
     assert me(client, admin.tokens["access_token"]) == 200  # the admin's own login is untouched
+    (event,) = [r for r in caplog.records if r.getMessage() == "password_changed"]
+    assert (event.user_id, event.actor_id) == (user.id, admin.id)  # the audit trail says who
     assert me(client, login(client, user.email, NEW_PASSWORD)["access_token"]) == 200
 
 
