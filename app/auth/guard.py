@@ -27,7 +27,7 @@ from app.auth.blocklist import KEY_PREFIX, TokenBlocklist, family_key
 from app.auth.service import AuthService, check_claims, family_of, outlived_cutoff
 from app.core.audit import security_event
 from app.core.cache import app_cache, cache_key, decode_entry
-from app.core.errors import NotFound, Unauthenticated
+from app.core.errors import Unauthenticated
 from app.core.pipeline import identify_with
 from app.core.redis_client import get_redis
 from app.core.security import ADMIN_SCOPE, CurrentUser, Principal
@@ -150,9 +150,8 @@ class TokenCaller:
                 app_cache().note_read(USER_KIND, hit=True)
                 state = snapshot(entry["d"], entry["v"])
         if state is None:
-            try:
-                state = UserService.from_app().read(public_id)
-            except NotFound:
+            state = UserService.from_app().token_state(public_id)
+            if state is None:
                 return None
         _check_cutoff(self.claims, state)
         return CurrentUser(state.owner_id, public_id, state.is_admin)

@@ -17,7 +17,7 @@ from app.core.db import utcnow
 from app.core.errors import Conflict, Forbidden, NotFound, RateLimited
 from app.core.http import cursor_codec
 from app.core.pagination import CursorCodec, Page, PageParams
-from app.core.security import CurrentUser, Principal, passwords
+from app.core.security import Principal, passwords
 from app.core.uow import UnitOfWork
 from app.extensions import db
 from app.posts.cache import AUTHOR_DELETED
@@ -53,13 +53,13 @@ class UserService:
         cached = user_cache.read(self.cache, public_id)
         return cached if cached is not None else user_cache.fill(self.cache, self.get(public_id))
 
-    def current_user(self, public_id: uuid.UUID) -> CurrentUser | None:
-        """The token's user, from its current (cached) state; None when gone (token refused)."""
+    def token_state(self, public_id: uuid.UUID) -> UserSnapshot | None:
+        """The token's user, in its current (cached) state, with the cut-off of its last
+        password change; None when gone (token refused)."""
         try:
-            snapshot = self.read(public_id)
+            return self.read(public_id)
         except NotFound:
             return None
-        return CurrentUser(snapshot.owner_id, public_id, snapshot.is_admin)
 
     def refresh_cache(self, public_id: uuid.UUID) -> bool:
         """Write-through: store the current state (a no-op when the cache holds a newer one)."""
