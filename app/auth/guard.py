@@ -70,7 +70,8 @@ class TokenCaller:
         self.subject: str | None = str(self.claims["sub"]) if self.claims else None
 
     def _keys(self) -> list[str]:
-        assert self.claims is not None
+        if self.claims is None:  # a call out of order: a bug, never a client's doing
+            raise RuntimeError("claims is not set")
         family = family_of(self.claims)
         jti = str(self.claims.get("jti", ""))
         return [jti] if family is None else [jti, family_key(family)]
@@ -119,8 +120,10 @@ class TokenCaller:
         if self.token is None:
             return None
         self.verify()
-        assert self.claims is not None
-        assert self.user is not None
+        if self.claims is None:  # a call out of order: a bug, never a client's doing
+            raise RuntimeError("claims is not set")
+        if self.user is None:  # a call out of order: a bug, never a client's doing
+            raise RuntimeError("user is not set")
         user = self.user
         raw_scopes = self.claims.get("scope")
         token_scopes = (
