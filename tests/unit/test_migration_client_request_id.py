@@ -1,4 +1,4 @@
-"""Migration 0006 (events.client_request_id): down and up again on each backend, and the events
+"""Migration 0007 (events.client_request_id): down and up again on each backend, and the events
 table stays append-only throughout (a rebuilt SQLite table would have lost 0001's triggers)."""
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ def test_client_request_id_goes_down_and_up_keeping_events_append_only(
 ) -> None:
     app = create_app(test_config(scratch_database_uri))
     with app.app_context():
-        upgrade(revision="0006")
+        upgrade(revision="0007")
         assert "client_request_id" in _columns()
-        downgrade(revision="0005")
+        downgrade(revision="0006")
         db.session.remove()
         assert "client_request_id" not in _columns()
         assert "request_id" in _columns()
         _assert_append_only()
-        upgrade(revision="0006")
+        upgrade(revision="0007")
         db.session.remove()
         assert "client_request_id" in _columns()
         _assert_append_only()

@@ -7,16 +7,16 @@ goes here, marked as the client's. A nullable column without a default: instant 
 SQLite 3.35+ drops a column natively), since a rebuilt table would lose the append-only
 triggers 0001 put on `events`.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-03
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
