@@ -26,7 +26,7 @@ from flask.testing import FlaskClient
 from app import create_app
 from app.core.fast_reads import _charged, _window
 from tests.conftest import REDIS_URL, assert_error, needs_redis, test_config
-from tests.test_rate_limits import fresh_ip
+from tests.support.limits import fresh_ip
 
 pytestmark = needs_redis
 
