@@ -8,6 +8,8 @@ tests/factories.py; this file only wires them into fixtures, and marks each test
 
 from __future__ import annotations
 
+import io
+import logging
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +17,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from app.core.logging import configure_logging
 from app.core.security import passwords
 from app.extensions import db
 from tests import factories
@@ -38,6 +42,7 @@ from tests.support.backends import (
     sqlite_path,
     test_config,
 )
+from tests.support.logs import LIBRARY_LOGGERS
 
 pytest_plugins = ["tests.support.live"]  # the `server` fixture: a real gunicorn
 
@@ -173,3 +178,34 @@ def row_counts(app: Flask) -> Callable[[], dict[str, int]]:
             return result
 
     return counts
+
+
+@pytest.fixture
+def json_logs() -> Iterator[Callable[[], str]]:
+    """The production logging set-up (`configure_logging`), its stdout handler writing into a
+    buffer instead (pytest swaps sys.stdout between phases); undone afterwards."""
+    root = logging.getLogger()
+    saved_root = (root.handlers[:], root.level)
+    saved_libraries = {
+        name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
+        for name in LIBRARY_LOGGERS
+    }
+    configure_logging("INFO")
+    (handler,) = root.handlers
+    assert isinstance(handler, logging.StreamHandler)
+    buffer = io.StringIO()
+    handler.setStream(buffer)
+
+    def read() -> str:
+        return buffer.getvalue()
+
+    try:
+        yield read
+    finally:
+        root.handlers[:], level = saved_root
+        root.setLevel(level)
+        for name, (handlers, propagate) in saved_libraries.items():
+            logging.getLogger(name).handlers[:] = handlers
+            logging.getLogger(name).propagate = propagate
+        logging.captureWarnings(False)
+        structlog.reset_defaults()

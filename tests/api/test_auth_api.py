@@ -384,7 +384,7 @@ def test_refresh_rotates_the_pair(client, account):
     assert me.get_json()["data"]["id"] == account.id
 
     # Rotation: the new refresh token works (once), the old one is spent. (Presenting a spent
-    # one also revokes the whole family: tests/test_auth_hardening.py.)
+    # one also revokes the whole family: tests/api/test_auth_hardening.py.)
     newer = client.post("/api/auth/refresh", headers=bearer(data["refresh_token"]))
     assert newer.status_code == 200
     assert_unauthenticated(client.post("/api/auth/refresh", headers=bearer(old_refresh)))
@@ -502,7 +502,7 @@ def test_concurrent_refreshes_spend_the_token_once(app, client, make_account):
     """Rotation holds under a race: one refresh token never becomes two pairs, never a 500.
 
     Two uses of one refresh token are a reuse: the loser's 401 revokes the token family, so the
-    winner's new pair is refused as well (reuse detection, tests/test_auth_hardening.py)."""
+    winner's new pair is refused as well (reuse detection, tests/api/test_auth_hardening.py)."""
     for _ in range(5):
         account = make_account()
         results = spend_together(app, "/api/auth/refresh", account.tokens["refresh_token"])

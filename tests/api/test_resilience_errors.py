@@ -4,7 +4,7 @@ A Redis that refuses connections, or one that accepts them and never answers, mu
 at most one short timeout before the breakers and fallbacks take over; a database that cannot be
 reached, or a SQLite file locked by another writer, gives 503 SERVICE_UNAVAILABLE with
 Retry-After, never a 500. The system drills with real servers stopped under load are
-tests/test_resilience_redis.py and tests/test_resilience_database.py.
+tests/system/test_resilience_redis.py and tests/system/test_resilience_database.py.
 """
 
 from __future__ import annotations

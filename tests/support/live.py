@@ -112,7 +112,7 @@ def server(app: Flask, tmp_path: Path) -> Iterator[tuple[Http, subprocess.Popen]
         yield running
 
 
-# Load drills (tests/test_resilience_*.py) ---------------------------------------------------
+# Load drills (tests/system/test_resilience_*.py) -----------------------------------------------
 
 
 @dataclass(frozen=True)

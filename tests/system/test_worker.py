@@ -18,17 +18,12 @@ from app import create_app
 from app.core.context import request_id_var
 from tests.support.backends import REDIS_URL, test_config
 from tests.support.paths import ROOT
+from tests.support.workers import broker_settings
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> dict[str, str]:
-    broker_url = os.environ.get("CELERY_BROKER_URL")
-    if broker_url:
-        return {"CELERY_BROKER_URL": broker_url, "CELERY_RESULT_BACKEND": broker_url}
-    return {
-        "CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}",
-        "CELERY_RESULT_BACKEND": f"db+sqlite:///{tmp_path / 'results.sqlite3'}",
-    }
+    return broker_settings(tmp_path)
 
 
 @pytest.fixture
