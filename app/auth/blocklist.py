@@ -92,7 +92,8 @@ class TokenBlocklist:
 
     def _write_mirrors(self, items: dict[str, datetime]) -> bool:
         """SET each key with the token's remaining lifetime; False if Redis failed or is off."""
-        assert self.redis is not None
+        if self.redis is None:  # a call out of order: a bug, never a client's doing
+            raise RuntimeError("redis is not set")
         now = datetime.now(UTC)
         ttls = {key: max(1, int((exp - now).total_seconds()) + 1) for key, exp in items.items()}
         if skip_redis(self.breaker):
@@ -116,7 +117,8 @@ class TokenBlocklist:
 
     def _settle_owed(self) -> bool:
         """Write the mirrors this process owes this Redis; True once none is left."""
-        assert self.redis is not None
+        if self.redis is None:  # a call out of order: a bug, never a client's doing
+            raise RuntimeError("redis is not set")
         store = _store_of(self.redis)
         with _owed_lock:
             now = datetime.now(UTC)
@@ -150,9 +152,14 @@ class TokenBlocklist:
             is not None
         )
 
+    def redis_ready(self) -> bool:
+        """May Redis answer the check now (breaker closed, owed mirrors written)? The request
+        pipeline asks before it reads the keys itself in its one round trip."""
+        return self.redis is not None and not skip_redis(self.breaker) and self._settle_owed()
+
     def _redis_exists(self, keys: list[str]) -> bool | None:
         """Does Redis hold any of `keys`? None when Redis is off, failing or its breaker open."""
-        if self.redis is None or skip_redis(self.breaker) or not self._settle_owed():
+        if self.redis is None or not self.redis_ready():
             return None
         try:
             with self.breaker.calling():

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
 from flask import url_for
 from flask.views import MethodView
 
-from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
+from app.auth.guard import (
+    BEARER_AUTH,
+    authenticated,
+    current_claims,
+    current_principal,
+    require_principal,
+)
+from app.auth.service import family_of
 from app.core.api import ApiBlueprint, errors_doc, link, operation
 from app.core.cache import Cache
-from app.core.fast_reads import UUID_PATH, FastRead
+from app.core.cached_read import cached_read
 from app.core.http import if_match, listing_json, page_params, single_json
 from app.core.idempotency import idempotent
+from app.core.limiting import client_ip, route_limit
 from app.core.pagination import PageArgsSchema
+from app.core.security import Principal
 from app.users.cache import USER_KIND, UserSnapshot
 from app.users.models import User
 from app.users.representation import private_user, public_user, with_email
@@ -30,7 +38,7 @@ from app.users.service import UserService
 
 blp = ApiBlueprint("users", __name__, url_prefix="/api", description="Users.")
 
-WRITE_ERRORS = (400, 401, 403, 404, 409, 412, 413, 415)
+WRITE_ERRORS = (400, 401, 403, 404, 409, 412, 413, 415, 429)
 USER_ID = "$response.body#/data/id"
 USER_LINKS = {
     "GetUser": link("getUser", user_id=USER_ID),
@@ -51,18 +59,6 @@ USER_CREATE_EXAMPLE = {**USER_EXAMPLE, "password": "correct horse"}  # nosec B10
 PRIVATE = "private"  # ETag variant of the representation that includes the email
 
 
-# GET /api/users/{id} for anonymous callers, answered from the cache in one Redis round trip
-# when it holds the user (app/core/fast_reads.py); the view below answers everything else.
-FAST_READS = [
-    FastRead(
-        pattern=re.compile(f"/api/users/{UUID_PATH}"),
-        kind=USER_KIND,
-        rule="/api/users/<uuid:user_id>",
-        view=lambda data: data["public"],
-    )
-]
-
-
 def service() -> UserService:
     return UserService.from_app()
 
@@ -74,6 +70,13 @@ def respond_snapshot(snapshot: UserSnapshot, cache: Cache) -> Any:
         view = with_email(snapshot.public, snapshot.email(cache))
         return single_json(view, snapshot.version, variant=PRIVATE)
     return single_json(snapshot.public, snapshot.version)
+
+
+def public_read(data: dict[str, Any], viewer: Principal | None) -> dict[str, Any] | None:
+    """A cached user as `viewer` sees it, or None when the view must add the email."""
+    if viewer is not None and viewer.may_act_for(data["owner"]):
+        return None
+    return data["public"]
 
 
 def respond(user: User) -> Any:
@@ -98,6 +101,7 @@ class UserCollection(MethodView):
     @operation(blp, "createUser", security=[], links={201: USER_LINKS})
     @errors_doc(blp, 400, 409, 413, 415, 429)
     @blp.arguments(UserCreateSchema, example=USER_CREATE_EXAMPLE)
+    @route_limit("RATELIMIT_REGISTER")
     def post(self, data: dict[str, Any]) -> Any:
         """Register a user."""
         user = service().register(data)
@@ -111,12 +115,26 @@ def respond_created(user: User) -> Any:
     )
 
 
+def update_user(user_id: uuid.UUID, data: dict[str, Any]) -> User:
+    """PUT/PATCH: the caller's login survives its own password change; email changes are
+    counted per client address too."""
+    return service().update(
+        user_id,
+        data,
+        actor=require_principal(),
+        if_match=if_match(),
+        family=family_of(current_claims()),
+        address=client_ip(),
+    )
+
+
 @blp.route("/users/<uuid:user_id>")
 class UserItem(MethodView):
     @blp.response(200, UserEnvelopeSchema)
     @operation(blp, "getUser", security=[*BEARER_AUTH, {}], conditional="read")
     @errors_doc(blp, 401, 404)
     @authenticated(optional=True)
+    @cached_read(USER_KIND, "user_id", public_read)  # served by the pipeline when cached
     def get(self, user_id: uuid.UUID) -> Any:
         """Get a user (the email only for the user themself and admins)."""
         users = service()
@@ -131,7 +149,7 @@ class UserItem(MethodView):
     @blp.arguments(UserPutSchema, example=USER_EXAMPLE)
     def put(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
         """Replace a user's profile (every mutable field required)."""
-        user = service().update(user_id, data, actor=require_principal(), if_match=if_match())
+        user = update_user(user_id, data)
         return respond(user)
 
     @blp.response(200, UserEnvelopeSchema)
@@ -141,7 +159,7 @@ class UserItem(MethodView):
     @blp.arguments(UserPatchSchema, example={"display_name": "Countess of Lovelace"})
     def patch(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
         """Change some of a user's fields."""
-        user = service().update(user_id, data, actor=require_principal(), if_match=if_match())
+        user = update_user(user_id, data)
         return respond(user)
 
     @blp.response(204)

@@ -22,8 +22,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from app.config import ConfigError
 from app.core.http_security import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS, JSON_CSP
+from app.settings import ConfigError
 from tests.factories import PASSWORD, bearer, register, unique
 from tests.support.assertions import assert_error
 from tests.support.backends import test_config
