@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export FLASK_APP := wsgi
 
-.PHONY: install run migrate test lint audit fuzz format clean
+.PHONY: install run migrate test test-fast lint audit fuzz format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ run: migrate
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## The fast subset while you work: unit and API tests, no real processes (tests/system left out).
+test-fast: install
+	$(BIN)/pytest -m "not system" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -49,7 +49,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from bench.limiter_overhead import BIN, ROOT, production_env, start
-from tests.scratch_db import scratch_database
+from tests.support.scratch_db import scratch_database
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION_START = "<!-- bench.scale: start -->"

@@ -16,7 +16,9 @@ from app import create_app
 from app.auth.throttle import email_fingerprint
 from app.core.security import passwords
 from app.extensions import db
-from tests.conftest import PASSWORD, assert_error, login, register, test_config
+from tests.factories import PASSWORD, login, register
+from tests.support.assertions import assert_error
+from tests.support.backends import test_config
 
 WRONG = "not the password"
 NEW_PASSWORD = "a brand new passphrase"

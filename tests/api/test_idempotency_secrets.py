@@ -19,7 +19,9 @@ from app import create_app
 from app.core.db import utcnow
 from app.core.idempotency import HEADER, REPLAYED_HEADER, TABLE
 from app.extensions import db
-from tests.conftest import PASSWORD, assert_error, test_config, unique
+from tests.factories import PASSWORD, unique
+from tests.support.assertions import assert_error
+from tests.support.backends import test_config
 
 SCOPE = "ip:127.0.0.1"  # the test client's address: anonymous registrations are keyed by it
 

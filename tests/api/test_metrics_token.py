@@ -12,8 +12,10 @@ import yaml
 from flask import Flask
 
 from app import create_app
-from tests.conftest import assert_error, bearer, test_config
-from tests.live import ROOT
+from tests.factories import bearer
+from tests.support.assertions import assert_error
+from tests.support.backends import test_config
+from tests.support.paths import ROOT
 
 SIGNING = {"SECRET_KEY": "k" * 48, "JWT_SECRET_KEY": "j" * 48}
 

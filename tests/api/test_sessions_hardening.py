@@ -19,7 +19,9 @@ from flask_jwt_extended import create_access_token
 from app import create_app
 from app.core.security import passwords
 from app.extensions import db
-from tests.conftest import PASSWORD, assert_error, bearer, login, register, test_config
+from tests.factories import PASSWORD, bearer, login, register
+from tests.support.assertions import assert_error
+from tests.support.backends import test_config
 
 NEW_PASSWORD = "a brand new passphrase"
 

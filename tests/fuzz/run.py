@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.scratch_db import scratch_database
+from tests.support.scratch_db import scratch_database
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -1,0 +1,141 @@
+"""docker-compose.yml cannot be run here (no Docker engine), so its consistency with the code is
+checked by reading it: every variable it sets is one the code reads, every command starts
+something that exists, and the published port is the one gunicorn binds. (Flower's command is
+also run for real: tests/system/test_flower.py.)"""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from app.settings import Settings
+from tests.support.paths import ROOT
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+# Read by a tool we run, not by our config: Flower reads FLOWER_* itself.
+TOOL_SETTINGS = ("FLOWER_",)
+
+
+def variables_the_code_reads() -> set[str]:
+    gunicorn = (ROOT / "gunicorn.conf.py").read_text()
+    names = set(re.findall(r"os\.environ(?:\.get)?[\(\[]\s*[\"']([A-Z0-9_]+)[\"']", gunicorn))
+    return names | Settings.variables()
+
+
+def test_every_variable_compose_sets_is_read_by_the_code() -> None:
+    read = variables_the_code_reads()
+    assert {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "PORT", "WEB_CONCURRENCY"} <= read
+    for name, service in SERVICES.items():
+        for variable in service.get("environment") or {}:
+            if name in ("postgres", "redis") or variable.startswith(TOOL_SETTINGS):
+                continue  # the images' and tools' own settings
+            assert variable in read, f"{name} sets {variable}, which the code never reads"
+
+
+def test_every_variable_compose_sets_is_documented() -> None:
+    documented = set(
+        re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
+    )
+    for name, service in SERVICES.items():
+        if name in ("postgres", "redis"):
+            continue
+        for variable in service.get("environment") or {}:
+            assert variable in documented, f"{variable} ({name}) is missing from .env.example"
+
+
+def test_commands_start_what_the_code_provides() -> None:
+    assert SERVICES["web"]["command"][:2] == ["gunicorn", "wsgi:app"]
+    assert (ROOT / "wsgi.py").exists()
+    assert SERVICES["web"]["command"][-1] == "gunicorn.conf.py"
+    assert (ROOT / "gunicorn.conf.py").exists()
+    assert SERVICES["worker"]["command"][:4] == ["celery", "-A", "worker", "worker"]
+    assert SERVICES["beat"]["command"][:4] == ["celery", "-A", "worker", "beat"]
+    assert (ROOT / "worker" / "__init__.py").exists()
+    assert SERVICES["migrate"]["command"] == ["flask", "--app", "wsgi", "db", "upgrade"]
+
+
+def test_published_port_is_the_one_gunicorn_binds() -> None:
+    web = SERVICES["web"]
+    bind = web["environment"]["GUNICORN_BIND"]
+    host_port, container_port = web["ports"][0].split(":")
+    assert bind.endswith(f":{container_port}")
+    assert host_port == container_port == "8000"
+
+
+def test_web_waits_for_healthy_dependencies_and_the_migration() -> None:
+    depends = SERVICES["web"]["depends_on"]
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["redis"]["condition"] == "service_healthy"
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
+    assert "healthcheck" in SERVICES["postgres"]
+    assert "pgdata" in COMPOSE["volumes"]
+
+
+def test_production_secrets_are_required_not_defaulted() -> None:
+    environment = SERVICES["web"]["environment"]
+    for secret in ("SECRET_KEY", "JWT_SECRET_KEY"):
+        assert ":?" in environment[secret], f"{secret} must be required (${{VAR:?...}})"
+    assert environment["APP_ENV"] == "production"
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's instructions, split into stages at each FROM."""
+    stages: list[list[str]] = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        stages[-1].append(line)
+    return stages
+
+
+def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "a build stage and a runtime stage"
+    for stage in stages:
+        assert "-slim" in stage[0], f"not a slim base: {stage[0]}"
+    runtime = stages[-1]
+    assert any(line.startswith("COPY --from=") for line in runtime), "runtime copies the build"
+    assert not any("gcc" in line or "build-essential" in line for line in runtime)
+    users = [line.split()[1] for line in runtime if line.upper().startswith("USER ")]
+    assert users, "the runtime stage names its user"
+    assert users[-1] not in ("root", "0"), "the runtime stage runs as a non-root user"
+    # Everything the compose commands need is copied into the image.
+    copied = " ".join(line for line in runtime if line.upper().startswith("COPY"))
+    for needed in ("wsgi.py", "gunicorn.conf.py", "app", "worker", "migrations"):
+        assert needed in copied, f"the image lacks {needed}"
+        assert (ROOT / needed).exists()
+    # Flower runs from the same image: the build installs the extra that brings it.
+    assert any("[monitoring]" in line for line in stages[0])
+    cmd = next(line for line in runtime if line.upper().startswith("CMD"))
+    assert '"gunicorn", "wsgi:app", "-c", "gunicorn.conf.py"' in cmd
+    assert SERVICES["web"]["command"] == ["gunicorn", "wsgi:app", "-c", "gunicorn.conf.py"]
+
+
+def test_flower_service_is_password_protected_and_local() -> None:
+    flower = SERVICES["flower"]
+    assert flower["command"][:4] == ["celery", "-A", "worker", "flower"]
+    assert ":?" in flower["environment"]["FLOWER_BASIC_AUTH"]
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+    assert "--port=5555" in flower["command"]
+
+
+def test_metrics_directories_are_wired_as_the_code_expects() -> None:
+    """The web merges the workers' metric files (CELERY_METRICS_DIR) through a shared volume;
+    each side empties its own PROMETHEUS_MULTIPROC_DIR at start, so the two must differ."""
+    web, worker = SERVICES["web"], SERVICES["worker"]
+    worker_dir = worker["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert web["environment"]["CELERY_METRICS_DIR"] == worker_dir
+    assert web["environment"]["PROMETHEUS_MULTIPROC_DIR"] != worker_dir
+    assert "PROMETHEUS_MULTIPROC_DIR" not in COMPOSE["x-app"]["environment"]
+
+    def volume_at(service: dict, path: str) -> str:
+        return next(v.split(":")[0] for v in service["volumes"] if v.split(":")[1] == path)
+
+    assert volume_at(web, worker_dir) == volume_at(worker, worker_dir) == "celery-metrics"
+    assert "celery-metrics" in COMPOSE["volumes"]
+    assert f"mkdir -p {worker_dir}" in (ROOT / "Dockerfile").read_text()
