@@ -24,7 +24,8 @@ from app.core.cache import cache_key
 from app.extensions import db
 from app.posts.cache import POST_KIND
 from app.users.cache import USER_KIND
-from tests.conftest import CACHE_DIR, ON_POSTGRES, REDIS_URL, Account
+from tests.factories import Account
+from tests.support.backends import CACHE_DIR, ON_POSTGRES, REDIS_URL
 
 
 def read_raw(kind: str, public_id: object) -> bytes | None:

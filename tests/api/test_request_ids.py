@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 
 from app.core.events import Event
 from app.extensions import db
-from tests.conftest import PASSWORD, Account, unique
+from tests.factories import PASSWORD, Account, unique
 
 
 def events_of(app: Flask, public_id: str) -> list[dict[str, Any]]:
