@@ -26,6 +26,7 @@ from app.core.audit import security_event
 from app.core.errors import Unauthenticated
 from app.core.redis_client import get_redis
 from app.core.security import ADMIN_SCOPE, CurrentUser, passwords
+from app.core.text import normalise_email
 from app.extensions import db
 from app.users.models import User
 from app.users.repository import UserRepository
@@ -99,6 +100,7 @@ class AuthService:
         """One answer for every failure (unknown email, wrong password, locked account), each
         after exactly one password hash's work, so neither the answer nor its timing tells them
         apart."""
+        email = normalise_email(email)  # the form registration stored (fullwidth letters as ASCII)
         account = email_fingerprint(email, self.email_secret)
         user = self.users.get_by_email(email)
         who: dict[str, str] = {"email_hash": account[:EMAIL_HASH_CHARS]}
