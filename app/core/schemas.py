@@ -11,6 +11,7 @@ import marshmallow as ma
 from app.core.text import (
     BIDI_CLASS,
     FORMAT_CLASS,
+    LINE_CLASS,
     forbidden_format_char,
     format_char_message,
     normalise_email,
@@ -32,8 +33,9 @@ class Text(ma.fields.String):
     than white space. The same rules are published in the OpenAPI document as a `pattern`.
 
     Against spoofing, single-line text (names, titles) refuses every invisible format character
-    (Unicode category Cf: bidi controls, zero-width characters, U+FEFF, ...) and the line and
-    paragraph separators; multi-line text (`multiline`: bios, bodies) refuses the bidi
+    (Unicode category Cf: bidi controls, zero-width characters, U+FEFF, ...) but a ZWJ or ZWNJ
+    where a script needs it (the published pattern cannot say where, so it allows those two), and
+    the line and paragraph separators; multi-line text (`multiline`: bios, bodies) refuses the bidi
     embeddings, overrides and isolates. With `check_format=False` (passwords, the login email)
     only the control-character rule applies: values chosen before these rules existed must keep
     working, and refusing characters in a secret someone already uses would only lock them out."""
@@ -53,7 +55,7 @@ class Text(ma.fields.String):
         if multiline:
             controls, formatting = _CTRL_MULTILINE, BIDI_CLASS
         else:
-            controls, formatting = _CTRL_SINGLE_LINE if check_format else _CTRL_ANY, FORMAT_CLASS
+            controls, formatting = _CTRL_SINGLE_LINE if check_format else _CTRL_ANY, LINE_CLASS
         refused = controls + formatting if check_format else controls
         self._controls = re.compile(f"[{controls}]")
         metadata = {"minLength": min_length, "maxLength": max_length, **kwargs.pop("metadata", {})}
@@ -110,7 +112,7 @@ class EmailText(ma.fields.Email):
         text = super()._deserialize(value, attr, data, **kwargs)
         if CONTROL_OR_SURROGATE.search(text):
             raise ma.ValidationError("Not valid Unicode text.")
-        if char := forbidden_format_char(text, multiline=False):
+        if char := forbidden_format_char(text, multiline=False, address=True):
             raise ma.ValidationError(format_char_message(char))
         return normalise_email(text)
 

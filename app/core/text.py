@@ -53,18 +53,85 @@ def char_class(ranges: tuple[tuple[int, int], ...]) -> str:
     return "".join(one(a) if a == b else f"{one(a)}-{one(b)}" for a, b in ranges)
 
 
+ZWNJ, ZWJ = "\u200c", "\u200d"
+# Names and titles may hold the two joiners where a script needs them (see `_joiner_needed`), so
+# their published pattern leaves those two out; every other format character is refused.
+LINE_RANGES = tuple(
+    piece
+    for a, b in FORMAT_RANGES
+    for piece in (((0x200B, 0x200B), (0x200E, 0x200F)) if (a, b) == (0x200B, 0x200F) else ((a, b),))
+)
 FORMAT_CLASS = char_class(FORMAT_RANGES)
+LINE_CLASS = char_class(LINE_RANGES)
 BIDI_CLASS = char_class(BIDI_RANGES)
 _FORMAT = re.compile(f"[{FORMAT_CLASS}]")
 _BIDI = re.compile(f"[{BIDI_CLASS}]")
+# Scripts whose letters join (Arabic, Syriac, N'Ko, Mongolian and their presentation forms): a
+# ZWNJ between two of their letters is visible (it breaks the join) and Persian spells with it.
+_JOINING_SCRIPTS = (
+    (0x0600, 0x08FF),
+    (0x1800, 0x18AF),
+    (0xFB50, 0xFDFF),
+    (0xFE70, 0xFEFF),
+)
+_VIRAMA = 9  # canonical combining class of Indic viramas: ZWJ/ZWNJ after one pick a conjunct form
+_EMOJI_MODIFIERS = (0x1F3FB, 0x1F3FF)  # skin tones
+_VS16 = "\ufe0f"  # emoji presentation selector
 
 
-def forbidden_format_char(text: str, *, multiline: bool) -> str | None:
-    """The first character `text` may not hold: any format character in single-line text (names,
-    titles), only the bidi embeddings, overrides and isolates in multi-line text (prose in Persian,
-    Hindi or with emoji needs ZWJ/ZWNJ, Thai needs ZWSP, mixed-direction text needs the marks)."""
-    found = (_BIDI if multiline else _FORMAT).search(text)
-    return found.group() if found else None
+def _neighbour(text: str, index: int, step: int) -> str:
+    """The nearest character before (step -1) or after (+1) `index` that is not a combining mark
+    (marks sit between a letter and a joiner without changing what the joiner does)."""
+    index += step
+    while 0 <= index < len(text) and unicodedata.category(text[index]) in {"Mn", "Me"}:
+        if step < 0 and unicodedata.combining(text[index]) == _VIRAMA:
+            return text[index]
+        index += step
+    return text[index] if 0 <= index < len(text) else ""
+
+
+def _joining_letter(char: str) -> bool:
+    return (
+        bool(char)
+        and unicodedata.category(char).startswith("L")
+        and any(a <= ord(char) <= b for a, b in _JOINING_SCRIPTS)
+    )
+
+
+def _emoji(char: str, *, before: bool) -> bool:
+    if not char:
+        return False
+    if unicodedata.category(char) == "So":
+        return True
+    return before and (char == _VS16 or _EMOJI_MODIFIERS[0] <= ord(char) <= _EMOJI_MODIFIERS[1])
+
+
+def _joiner_needed(text: str, index: int) -> bool:
+    """Is the ZWJ/ZWNJ at `index` one a script needs (the contexts of RFC 5892's CONTEXTJ rules,
+    plus emoji ZWJ sequences), rather than an invisible character slipped between letters?"""
+    before, after = _neighbour(text, index, -1), _neighbour(text, index, +1)
+    if before and unicodedata.combining(before) == _VIRAMA:
+        return True  # Devanagari, Bengali, ...: the half-form or the explicit virama
+    if text[index] == ZWNJ:
+        return _joining_letter(before) and _joining_letter(after)  # Persian: ketab ZWNJ ha
+    return _emoji(before, before=True) and _emoji(after, before=False)  # family, flags, jobs
+
+
+def forbidden_format_char(text: str, *, multiline: bool, address: bool = False) -> str | None:
+    """The first character `text` may not hold.
+
+    Single-line text (names, titles): every format character, except a ZWJ or ZWNJ where a script
+    needs it. An `address` (email): every format character. Multi-line text (bios, bodies): only
+    the bidi embeddings, overrides and isolates, since prose needs the rest (ZWJ/ZWNJ in Persian,
+    Indic scripts and emoji, ZWSP in Thai, the bidi marks in mixed-direction text)."""
+    if multiline:
+        found = _BIDI.search(text)
+        return found.group() if found else None
+    for match in _FORMAT.finditer(text):
+        char = match.group()
+        if address or char not in (ZWNJ, ZWJ) or not _joiner_needed(text, match.start()):
+            return char
+    return None
 
 
 def format_char_message(char: str) -> str:
