@@ -75,8 +75,6 @@ class Text(ma.fields.String):
         text = super()._deserialize(value, attr, data, **kwargs)
         if self._controls.search(text):
             raise ma.ValidationError("Control characters are not allowed.")
-        if self.check_format and (char := forbidden_format_char(text, multiline=self.multiline)):
-            raise ma.ValidationError(format_char_message(char))
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
@@ -85,6 +83,9 @@ class Text(ma.fields.String):
             raise ma.ValidationError(
                 f"Length must be between {self.min_length} and {self.max_length}."
             )
+        # After the length check: the joiner rule looks at neighbours, so its work is bounded.
+        if self.check_format and (char := forbidden_format_char(text, multiline=self.multiline)):
+            raise ma.ValidationError(format_char_message(char))
         text = unicodedata.normalize("NFC", text)
         if self.strip:
             text = text.strip()
