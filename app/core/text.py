@@ -44,13 +44,20 @@ BIDI_RANGES: tuple[tuple[int, int], ...] = ((0x202A, 0x202E), (0x2066, 0x2069))
 
 def char_class(ranges: tuple[tuple[int, int], ...]) -> str:
     r"""The body of a regex character class for these ranges, valid in Python and in ECMAScript
-    with the `u` flag (OpenAPI patterns): `\uXXXX` escapes in the BMP, the characters themselves
-    above it (neither dialect shares an escape for those)."""
+    with or without the `u` flag (OpenAPI patterns): `\uXXXX` escapes and ranges in the BMP; above
+    it each character itself, never a range (no escape is shared by both dialects, and without
+    `u` a range of surrogate pairs is a syntax error; single pairs are merely stricter there)."""
 
     def one(code: int) -> str:
-        return f"\\u{code:04X}" if code <= 0xFFFF else chr(code)
+        return f"\\u{code:04X}"
 
-    return "".join(one(a) if a == b else f"{one(a)}-{one(b)}" for a, b in ranges)
+    parts = []
+    for a, b in ranges:
+        if b > 0xFFFF:
+            parts.extend(chr(code) for code in range(a, b + 1))
+        else:
+            parts.append(one(a) if a == b else f"{one(a)}-{one(b)}")
+    return "".join(parts)
 
 
 ZWNJ, ZWJ = "\u200c", "\u200d"
