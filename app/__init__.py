@@ -17,8 +17,8 @@ def create_app(
     settings: Settings | Mapping[str, Any] | None = None, *, role: Role = "web"
 ) -> Flask:
     """Build the app from `settings`, or from the environment with these overrides (checked).
-    A worker (`role="worker"`) builds only what tasks use: no blueprints, limiter, CORS,
-    compression, metrics hooks, Swagger, error pages or CLI."""
+    A worker (`role="worker"`) builds only what tasks use: no blueprints, request pipeline
+    (limiter, CORS, compression, metrics), Swagger, error pages or CLI."""
     if not isinstance(settings, Settings):
         settings = Settings.from_env(**(settings or {}))
     app = Flask(__name__, instance_path=str(settings.instance_dir), instance_relative_config=False)
@@ -39,9 +39,10 @@ def create_app(
     register_blueprints(app)
     register_rate_limits(app)
     register_metrics(app)
+    register_pipeline(app)
     register_errorhandlers(app)
     register_commands(app)
-    register_wsgi_middleware(app)
+    register_proxy_fix(app)
     return app
 
 
@@ -85,8 +86,7 @@ def configure_logging_for(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from app.auth.guard import register_jwt_callbacks
-    from app.core.middleware import register_middleware
+    from app.auth.guard import register_auth
     from app.core.security import passwords
     from app.extensions import api, db, jwt, migrate
 
@@ -103,27 +103,27 @@ def register_extensions(app: Flask) -> None:
         },
     )
     passwords.configure(app.config["ARGON2_TIME_COST"], app.config["ARGON2_MEMORY_COST_KIB"])
-    register_middleware(app)
     register_swagger_ui(app)
     migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
     jwt.init_app(app)
-    register_jwt_callbacks(app)
+    register_auth(app)
     api.init_app(app)
 
 
-def register_wsgi_middleware(app: Flask) -> None:
-    """Around Flask, innermost first: the fast lane for cached reads, then ProxyFix (so the lane
-    sees the client address ProxyFix derives)."""
-    from app.core.fast_reads import FastReads
-    from app.posts.routes import FAST_READS as POST_READS
-    from app.users.routes import FAST_READS as USER_READS
-
-    app.wsgi_app = FastReads(app, app.wsgi_app, [*USER_READS, *POST_READS])  # type: ignore[method-assign]
+def register_proxy_fix(app: Flask) -> None:
+    """Behind TRUSTED_PROXY_COUNT proxies, the client address and scheme they forwarded."""
     if app.config["TRUSTED_PROXY_COUNT"] > 0:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         hops = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+
+
+def register_pipeline(app: Flask) -> None:
+    """The one request pipeline (app/core/pipeline.py): its only before/after_request hooks."""
+    from app.core.pipeline import init_pipeline
+
+    init_pipeline(app)
 
 
 def register_http_security(app: Flask) -> None:

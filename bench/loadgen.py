@@ -108,19 +108,21 @@ def median(values: Sequence[float]) -> float:
 # BENCH_LOADGEN=python forces the Python client (to compare the two).
 WRK = None if os.environ.get("BENCH_LOADGEN") == "python" else shutil.which("wrk")
 
-# wrk's Lua side: a random path from a file per request; the summary as one JSON line.
+# wrk's Lua side: a random path from a file per request, the method, headers and body from the
+# environment; the summary as one JSON line.
 _WRK_SCRIPT = """
 local paths = {}
 for line in io.lines(os.getenv("WRK_PATHS")) do paths[#paths + 1] = line end
 math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
-local extra = os.getenv("WRK_HEADER")
+local method = os.getenv("WRK_METHOD") or "GET"
+local body = os.getenv("WRK_BODY")
+local headers = {}
+for line in (os.getenv("WRK_HEADERS") or ""):gmatch("[^\\n]+") do
+  local name, value = line:match("^([^:]+):%s*(.*)$")
+  headers[name] = value
+end
 request = function()
-  local headers = nil
-  if extra then
-    local name, value = extra:match("^([^:]+):%s*(.*)$")
-    headers = {[name] = value}
-  end
-  return wrk.format("GET", paths[math.random(#paths)], headers)
+  return wrk.format(method, paths[math.random(#paths)], headers, body)
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -139,18 +141,20 @@ def run_wrk(
     seconds: float,
     connections: int,
     headers: dict[str, str] | None = None,
+    method: str = "GET",
+    body: str | None = None,
 ) -> Result:
     """The same measurement as `run`, by wrk (one thread): far less client CPU."""
     assert WRK, "wrk is not installed"
-    assert len(headers or {}) <= 1, "one extra header at most"
     with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
         script = Path(tmp) / "random.lua"
         script.write_text(_WRK_SCRIPT)
         listing = Path(tmp) / "paths.txt"
         listing.write_text("\n".join(paths) + "\n")
-        env = {"WRK_PATHS": str(listing), "PATH": "/usr/bin:/bin"}
-        for name, value in (headers or {}).items():
-            env["WRK_HEADER"] = f"{name}: {value}"
+        env = {"WRK_PATHS": str(listing), "PATH": "/usr/bin:/bin", "WRK_METHOD": method}
+        env["WRK_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())
+        if body is not None:
+            env["WRK_BODY"] = body
         out = subprocess.run(
             [
                 WRK,

@@ -8,6 +8,7 @@ cache and limits); tests only touch keys under this service's prefix.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sqlite3
 import tempfile
@@ -40,6 +41,11 @@ needs_redis = pytest.mark.skipif(not REDIS_URL, reason="needs Redis: set REDIS_U
 
 # The embedded default's disk cache, for this test session only (never the repo's instance/).
 CACHE_DIR = tempfile.mkdtemp(prefix="postboard-test-cache-")
+# One pair of signing secrets for the session, inherited by every process a test starts
+# (gunicorn, Celery, the CLI), as one deployment's processes share theirs; without them each
+# instance directory would generate its own (app/settings/instance_secrets.py).
+for _name in ("SECRET_KEY", "JWT_SECRET_KEY"):
+    os.environ.setdefault(_name, secrets.token_urlsafe(48))
 
 
 def test_config(database_uri: str, **extra: Any) -> dict[str, Any]:

@@ -81,8 +81,6 @@ READ_BY_LIBRARIES = {
     "SQLALCHEMY_ECHO": "flask_sqlalchemy",
     "JWT_SECRET_KEY": "flask_jwt_extended",
     "JWT_ACCESS_TOKEN_EXPIRES": "flask_jwt_extended",
-    "RATELIMIT_ENABLED": "flask_limiter",
-    "RATELIMIT_STRATEGY": "flask_limiter",
 }
 
 

@@ -22,8 +22,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from app.config import ConfigError
 from app.core.http_security import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS, JSON_CSP
+from app.settings import ConfigError
 from tests.conftest import PASSWORD, assert_error, bearer, register, test_config, unique
 from tests.test_http_conventions import exchange
 

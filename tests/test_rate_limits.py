@@ -215,3 +215,13 @@ def test_two_gunicorn_instances_share_one_limit(app, tmp_path: Path) -> None:
 def test_embedded_default_uses_process_memory(app):
     limited = limited_app(app)
     assert limited.config["RATELIMIT_STORAGE_URI"] == "memory://"
+
+
+@pytest.mark.parametrize("setting", ["RATELIMIT_ANONYMOUS", "RATELIMIT_LOGIN"])
+def test_one_limit_per_setting_or_the_app_refuses_to_start(app, setting: str) -> None:
+    """The limiter keeps one window per caller: several limits in one setting would be silently
+    dropped, so the app refuses them at start-up instead of at the first request."""
+    from app.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="exactly one limit"):
+        limited_app(app, **{setting: "1/second;5/minute"})

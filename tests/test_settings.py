@@ -4,6 +4,7 @@ overrides pass the same checks; production refuses weak secrets."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from flask import Flask
 
 import app.settings as settings_module
 from app import create_app
-from app.settings import DEV_JWT_SECRET, DEV_SECRET, ConfigError, Settings, settings
+from app.settings import ConfigError, Settings, settings
+from app.settings.instance_secrets import secrets_path
 from tests.conftest import test_config
 
 STRONG = "x" * 48
@@ -37,7 +39,9 @@ def test_the_defaults_depend_on_the_environment_kind(tmp_path: Path) -> None:
     assert (testing.ratelimit_enabled, testing.tasks_enabled) == (False, False)
     assert (dev.argon2_time_cost, dev.argon2_memory_cost_kib) == (3, 65536)
     assert (testing.argon2_time_cost, testing.argon2_memory_cost_kib) == (1, 1024)
-    assert dev.secret_key == DEV_SECRET
+    # Generated once for the instance directory, shared by every kind outside production.
+    assert dev.secret_key == testing.secret_key != dev.jwt_secret_key
+    assert secrets_path(tmp_path / "instance").exists()
     assert dev.redis_url is None
     assert dev.cache_dir == str(tmp_path / "instance" / "cache")
 
@@ -73,7 +77,8 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
     assert values.redis_url is None
     assert values.metrics_token is None
     assert values.cors_origins == ()
-    assert values.secret_key == DEV_SECRET
+    generated = json.loads(secrets_path(settings_module.INSTANCE_DIR).read_text())
+    assert values.secret_key == generated["SECRET_KEY"]
 
 
 def test_a_dotenv_file_is_read_and_the_environment_wins(
@@ -94,7 +99,6 @@ def test_a_dotenv_file_is_read_and_the_environment_wins(
         ("RATELIMIT_LOGIN", "10 per fortnight", "not a limit string"),
         ("RATELIMIT_ANONYMOUS", "0/minute", "allows nothing"),
         ("RATELIMIT_REGISTER", "20/hour;x", "not a limit string"),
-        ("RATELIMIT_STRATEGY", "leaky-bucket", "must be one of"),
         ("APP_ENV", "staging", "must be one of development, testing, production"),
         ("JWT_ALGORITHM", "none", "must be one of HS256, HS384, HS512"),
         ("JWT_ALGORITHM", "RS256", "must be one of"),
@@ -148,7 +152,6 @@ def test_every_bad_variable_is_reported_at_once(monkeypatch: pytest.MonkeyPatch)
         ({"RATELIMIT_ENABLED": "perhaps"}, "RATELIMIT_ENABLED: Not a valid boolean"),
         ({"RATELIMIT_LOGIN": "lots"}, "RATELIMIT_LOGIN: 'lots' is not a limit string"),
         ({"SQLALCHEMY_DATABASE_URI": "nonsense"}, "DATABASE_URL: is not a URL"),
-        ({"ratelimit_strategy": "leaky"}, "RATELIMIT_STRATEGY: must be one of"),
         ({"cache_tll_seconds": 5}, "unknown settings: cache_tll_seconds"),
     ],
 )
@@ -182,8 +185,8 @@ def test_overrides_by_variable_flask_key_or_field_name() -> None:
     [
         ("", STRONG),
         (STRONG, ""),
-        (DEV_SECRET, STRONG),
-        (STRONG, DEV_JWT_SECRET),
+        ("dev-secret-change-me", STRONG),  # the public development values of old
+        (STRONG, "dev-jwt-secret-change-me-32-bytes!"),
         ("short", STRONG),
         ("changeme", STRONG),
         (STRONG, "Secret"),
@@ -216,9 +219,10 @@ def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JWT_SECRET_KEY", "jwt-" + STRONG)
     monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u:db-password@h/db")
     monkeypatch.setenv("METRICS_TOKEN", "scrape-token")
-    text = repr(Settings.from_env())
+    values = Settings.from_env()
+    text = repr(values)
     assert "cache_ttl_seconds=300" in text
-    assert not any(s in text for s in ("jwt-xxx", "db-password", "scrape-token", DEV_SECRET))
+    assert not any(s in text for s in ("jwt-xxx", "db-password", "scrape-token", values.secret_key))
 
 
 def test_settings_are_frozen() -> None:
@@ -240,7 +244,6 @@ def test_the_flask_config_has_what_flask_and_our_code_read() -> None:
     assert config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
     assert config["SQLALCHEMY_ENGINE_OPTIONS"] == {"connect_args": {"timeout": 30}}
     assert config["TESTING"] is True
-    assert config["RATELIMIT_STRATEGY"] == "sliding-window-counter"
     # Settings nothing reads are gone (Flask 3 ignores JSON_SORT_KEYS; flask-jwt-extended 4 has
     # no blacklist option; pagination's bounds live in app/core/pagination.py).
     dead = {"JSON_SORT_KEYS", "JWT_BLACKLIST_ENABLED", "FAST_READS_ENABLED"}

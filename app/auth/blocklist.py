@@ -150,9 +150,14 @@ class TokenBlocklist:
             is not None
         )
 
+    def redis_ready(self) -> bool:
+        """May Redis answer the check now (breaker closed, owed mirrors written)? The request
+        pipeline asks before it reads the keys itself in its one round trip."""
+        return self.redis is not None and not skip_redis(self.breaker) and self._settle_owed()
+
     def _redis_exists(self, keys: list[str]) -> bool | None:
         """Does Redis hold any of `keys`? None when Redis is off, failing or its breaker open."""
-        if self.redis is None or skip_redis(self.breaker) or not self._settle_owed():
+        if self.redis is None or not self.redis_ready():
             return None
         try:
             with self.breaker.calling():

@@ -6,17 +6,25 @@ from dataclasses import asdict
 from typing import Any
 
 from flask.views import MethodView
-from flask_jwt_extended import get_current_user, get_jwt
 
-from app.auth.guard import BEARER_AUTH, auth_service, authenticated
+from app.auth.guard import (
+    BEARER_AUTH,
+    auth_service,
+    authenticated,
+    current_claims,
+    current_user,
+)
 from app.auth.schemas import LoginSchema, TokenEnvelopeSchema
 from app.auth.service import AuthService
 from app.core.api import ApiBlueprint, errors_doc, operation
+from app.core.http_security import sensitive
+from app.core.limiting import route_limit
 
 # An OpenAPI example, not a credential.
 LOGIN_EXAMPLE = {"email": "ada@example.com", "password": "correct horse"}  # nosec B105
 
 blp = ApiBlueprint("auth", __name__, url_prefix="/api/auth", description="Authentication.")
+sensitive(blp)  # token bodies: never stored by a cache, never compressed
 
 
 def service() -> AuthService:
@@ -29,6 +37,7 @@ class Login(MethodView):
     @operation(blp, "login", security=[])
     @errors_doc(blp, 400, 401, 413, 415, 429)
     @blp.arguments(LoginSchema, example=LOGIN_EXAMPLE)
+    @route_limit("RATELIMIT_LOGIN")
     def post(self, data: dict[str, Any]) -> Any:
         """Exchange email and password for an access and a refresh token."""
         return {"data": asdict(service().login(data["email"], data["password"]))}
@@ -42,7 +51,7 @@ class Refresh(MethodView):
     @authenticated(refresh=True)
     def post(self) -> Any:
         """Send the refresh token as Bearer: get a new pair; the old refresh token is revoked."""
-        return {"data": asdict(service().refresh(get_current_user(), get_jwt()))}
+        return {"data": asdict(service().refresh(current_user(), current_claims()))}
 
 
 @blp.route("/logout")
@@ -53,5 +62,5 @@ class Logout(MethodView):
     @authenticated()
     def post(self) -> Any:
         """Revoke the access token sent and every token of its login (its refresh token too)."""
-        service().logout(get_jwt())
+        service().logout(current_claims())
         return ""

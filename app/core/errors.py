@@ -9,14 +9,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import suppress
 from http import HTTPStatus
 from itertools import islice
 from typing import Any
 
 import psycopg
 from flask import Response, has_request_context, jsonify, request
-from flask_jwt_extended import get_jwt
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
@@ -198,9 +196,10 @@ def _forbidden_event(error: Forbidden) -> None:
     fields: dict[str, Any] = {"reason": error.message}
     if has_request_context():
         fields.update(method=request.method, path=request.path)
-        with suppress(RuntimeError):  # RuntimeError: no token was verified for this request
-            if sub := get_jwt().get("sub"):
-                fields["user_id"] = str(sub)
+        from app.core.limiting import caller_subject  # lazily: limiting builds on errors
+
+        if sub := caller_subject():
+            fields["user_id"] = sub
     security_event("forbidden", **fields)
 
 

@@ -12,15 +12,17 @@
   (`default-src 'none'; frame-ancestors 'none'` for JSON; for the Swagger UI page, scripts and
   styles from our own origin plus the hash of each inline script the page holds, no
   'unsafe-inline'), `Strict-Transport-Security` in production only (`HSTS_SECONDS`), and
-  `Cache-Control: no-store` on auth responses (tokens) and on any response that set no policy.
+  `Cache-Control: no-store` on the responses of a blueprint declared `sensitive` (tokens: the
+  auth blueprint declares it) and on any response that set no policy.
 - **Compression** (flask-compress) of `application/json` bodies from `COMPRESS_MIN_SIZE` bytes
   (1 KiB) up, brotli or gzip as the client asks. flask-compress would append `:gzip` to strong
   ETags and evaluate conditionals itself; we keep our `"v<version>"` ETags byte for byte (the tag
   names the resource version, which If-Match / If-None-Match compare, whatever the coding) and
-  leave conditional requests to the views. Auth responses (tokens) are never compressed.
+  leave conditional requests to the views. Sensitive responses (tokens) are never compressed.
+  The coding is negotiated by werkzeug's Accept-Encoding parsing (q=0 honoured).
 
-Flask runs `after_request` hooks in reverse order of registration, so they are registered here
-from last to run (compression, which must see the final headers) to first (OPTIONS).
+No hook is registered here: the request pipeline (app/core/pipeline.py) calls `bodyless`,
+`cors`, `security_headers` and `compress` in the one finishing order it writes down.
 """
 
 from __future__ import annotations
@@ -28,18 +30,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
 from flask_compress import Compress
 from flask_cors import CORS
 
-from app.config import ConfigError
+from app.settings import ConfigError
 
 API_PATHS = re.compile(r"/api/.*")
-AUTH_PREFIX = "/api/auth/"
+SENSITIVE = "http_security.sensitive_blueprints"  # app.extensions key: their names
 DOCS_ENDPOINT = "api-docs.openapi_swagger_ui"
 
 CORS_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -87,13 +88,26 @@ _ORIGIN_RE = re.compile(r"https?://[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5
 
 
 def init_http_security(app: Flask) -> None:
-    """Wire compression, security headers, CORS and OPTIONS handling into `app`."""
+    """Configure compression, security headers and CORS for `app` (the pipeline applies them)."""
     if int(app.config.get("HSTS_SECONDS", HSTS_DEFAULT)) < 0:
         raise ConfigError("HSTS_SECONDS must be >= 0")
-    _init_compression(app)  # registered first: runs last, on the final headers and body
-    app.after_request(security_headers)
+    app.extensions.setdefault(SENSITIVE, set())
+    _init_compression(app)
     _init_cors(app)
-    app.after_request(bodyless_responses)  # registered last: runs first
+    app.extensions["http_security.static"] = _static_headers(app.config)
+
+
+def sensitive(blueprint: Blueprint) -> Blueprint:
+    """Declare a blueprint's responses sensitive (tokens): `Cache-Control: no-store` always,
+    and never compressed (BREACH)."""
+    blueprint.record_once(
+        lambda state: state.app.extensions.setdefault(SENSITIVE, set()).add(blueprint.name)
+    )
+    return blueprint
+
+
+def _is_sensitive() -> bool:
+    return request.blueprint in current_app.extensions.get(SENSITIVE, ())
 
 
 # --- CORS ---------------------------------------------------------------------------------------
@@ -146,19 +160,23 @@ def _init_cors(app: Flask) -> None:
         send_wildcard=False,
         # Without an Origin header flask-cors would otherwise list every allowed origin.
         always_send=False,
-        # after_request already sees every error response; no need to wrap Flask's handlers.
+        # The pipeline calls it on every response, errors included.
         intercept_exceptions=False,
-        # Added below, merged into one header, on every /api/ response (allowed or not), so a
-        # shared cache never replays one origin's answer to another.
+        # Added by `cors` below, merged into one header, on every /api/ response (allowed or
+        # not), so a shared cache never replays one origin's answer to another.
         vary_header=False,
     )
-    app.after_request(_vary_on_origin)  # registered after CORS: runs before it
+    # flask-cors offers its response step only as the after_request hook it registers: take it
+    # back out, so it runs at its place in the pipeline's one finishing order.
+    app.extensions["http_security.cors"] = app.after_request_funcs[None].pop()
 
 
-def _vary_on_origin(response: Response) -> Response:
+def cors(response: Response) -> Response:
+    """Vary: Origin on every /api/ response, and CORS headers for an allowed origin."""
     if API_PATHS.match(request.path):
         add_vary(response, "Origin")
-    return response
+    step = current_app.extensions.get("http_security.cors")
+    return step(response) if step is not None else response
 
 
 def add_vary(response: Response, *names: str) -> None:
@@ -173,7 +191,7 @@ def add_vary(response: Response, *names: str) -> None:
 # --- OPTIONS, 204 and 304 -----------------------------------------------------------------------
 
 
-def bodyless_responses(response: Response) -> Response:
+def bodyless(response: Response) -> Response:
     """Flask's automatic OPTIONS answer is an empty text/html 200: make it a 204 (with Allow).
 
     A 204 or 304 has no body, so it carries no Content-Type either.
@@ -196,9 +214,7 @@ def bodyless_responses(response: Response) -> Response:
 # --- Security headers ---------------------------------------------------------------------------
 
 
-def json_security_headers(config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The security headers of every JSON response, in order (the fast lane for cached reads,
-    app/core/fast_reads.py, sends the same list)."""
+def _static_headers(config: dict[str, Any]) -> list[tuple[str, str]]:
     headers = [
         ("X-Content-Type-Options", "nosniff"),
         ("Referrer-Policy", "no-referrer"),
@@ -213,14 +229,12 @@ def json_security_headers(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def security_headers(response: Response) -> Response:
     headers = response.headers
-    for name, value in json_security_headers(current_app.config):
+    for name, value in current_app.extensions["http_security.static"]:
         headers[name] = value
     if request.endpoint == DOCS_ENDPOINT:
         headers["Content-Security-Policy"] = docs_csp(response)
-    if request.path.startswith(AUTH_PREFIX):
+    if "Cache-Control" not in headers or _is_sensitive():
         headers["Cache-Control"] = "no-store"  # tokens: never kept by any cache
-    elif "Cache-Control" not in headers:
-        headers["Cache-Control"] = "no-store"
     return response
 
 
@@ -242,65 +256,32 @@ def _init_compression(app: Flask) -> None:
     for key, value in COMPRESS_DEFAULTS.items():
         app.config.setdefault(key, value)
     app.config.update(
-        COMPRESS_REGISTER=False,  # we call it ourselves, to keep our ETags (below)
+        COMPRESS_REGISTER=False,  # the pipeline calls it, to keep our ETags (below)
         COMPRESS_EVALUATE_CONDITIONAL_REQUEST=False,  # the views answer 304 / 412 themselves
         COMPRESS_STREAMS=False,
     )
-    compress = Compress(app)
-    app.after_request(_compressor(compress))
+    app.extensions["http_security.compress"] = Compress(app)
 
 
-def _compressor(compress: Compress) -> Callable[[Response], Response]:
-    def compress_response(response: Response) -> Response:
-        if request.path.startswith(AUTH_PREFIX):
-            return response  # bodies holding tokens are never compressed (BREACH)
-        etag = response.headers.get("ETag")
-        # flask-compress reads Accept-Encoding itself, but picks a coding the client refused
-        # with q=0 ("gzip;q=0"): it sees the coding we negotiated here, or "identity".
-        environ = request.environ
-        sent = environ.get("HTTP_ACCEPT_ENCODING")
-        chosen = negotiate_encoding(sent or "", compress.enabled_algorithms)
-        environ["HTTP_ACCEPT_ENCODING"] = chosen or "identity"
-        try:
-            response = compress.after_request(response)
-        finally:
-            if sent is None:
-                environ.pop("HTTP_ACCEPT_ENCODING", None)
-            else:
-                environ["HTTP_ACCEPT_ENCODING"] = sent
-        if etag is not None:  # flask-compress would make "v3" into "v3:gzip"
-            response.headers["ETag"] = etag
-        return response
-
-    return compress_response
-
-
-def negotiate_encoding(header: str, available: tuple[str, ...]) -> str | None:
-    """The content coding to use for an Accept-Encoding header (RFC 9110 §12.5.3), or None.
-
-    The highest q-value above zero wins, ties go to the order of `available`; `*` stands for
-    any coding not named; `q=0` (or an unreadable q) means "not acceptable".
-    """
-    weights: dict[str, float] = {}
-    for part in header.split(","):
-        token, _, params = part.partition(";")
-        token = token.strip().lower()
-        if not token:
-            continue
-        q = 1.0
-        for param in params.split(";"):
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value.strip())
-                except ValueError:
-                    q = 0.0
-                if not 0.0 <= q <= 1.0:
-                    q = 0.0
-        weights[token] = q
-    best, best_q = None, 0.0
-    for coding in available:
-        q = weights.get(coding, weights.get("*", 0.0))
-        if q > best_q:
-            best, best_q = coding, q
-    return best
+def compress(response: Response) -> Response:
+    """Compress a JSON body for a client that accepts br or gzip, keeping our ETag."""
+    if _is_sensitive():
+        return response  # bodies holding tokens are never compressed (BREACH)
+    compressor: Compress = current_app.extensions["http_security.compress"]
+    etag = response.headers.get("ETag")
+    # flask-compress reads Accept-Encoding itself but would pick a coding the client refused
+    # with q=0 ("gzip;q=0"): it sees the one werkzeug's parser chose, or "identity".
+    environ = request.environ
+    sent = environ.get("HTTP_ACCEPT_ENCODING")
+    chosen = request.accept_encodings.best_match(compressor.enabled_algorithms)
+    environ["HTTP_ACCEPT_ENCODING"] = chosen or "identity"
+    try:
+        response = compressor.after_request(response)
+    finally:
+        if sent is None:
+            environ.pop("HTTP_ACCEPT_ENCODING", None)
+        else:
+            environ["HTTP_ACCEPT_ENCODING"] = sent
+    if etag is not None:  # flask-compress would make "v3" into "v3:gzip"
+        response.headers["ETag"] = etag
+    return response

@@ -34,13 +34,16 @@ Decisions:
 - **Expiry**: a completed key is kept for IDEMPOTENCY_TTL_SECONDS (24 h by default); an expired
   row counts as absent (a new request overwrites it), and beat's `idempotency.purge_expired_keys`
   deletes expired rows every IDEMPOTENCY_PURGE_SECONDS.
-- **Storage: the database, not Redis.** The database is there on the embedded default and in
-  production alike, and it is transactional: the unique primary key makes the claim atomic on
-  SQLite and PostgreSQL, and a stored response is as durable as the resource it describes.
-  Redis is optional here (absent on the embedded default), the API must keep working while it is
-  down (contract §5), and a Redis that restarts without persistence would forget keys and let
-  retries create duplicates: exactly the failure this feature exists to prevent. The cost is two
-  small writes per keyed POST, paid only by requests that send a key.
+- **Storage: the database, not Redis.** The database is there on every deployment and is
+  transactional (the primary key makes the claim atomic), and a stored response is as durable
+  as the resource it describes; Redis is optional, may be down (contract §5), and one that
+  restarts without persistence would forget keys and let retries create duplicates. The cost
+  is two small writes per keyed POST, paid only by requests that send a key.
+- **Protected at rest** (`app.core.idempotency_seal`): the fingerprint is an HMAC under a key
+  derived from SECRET_KEY, and the stored response (headers and body) is sealed with Fernet, so
+  a database dump gives neither a password to brute-force nor an email. A row this key did not
+  write (the unkeyed SHA-256 rows of the code before, or a rotated SECRET_KEY) counts as absent
+  once completed (a retry runs again), and as held while its claim is unfinished.
 - **Not on login, refresh or logout**: they create no resource, and login and refresh answer
   with fresh secrets (tokens) that must never be stored in a database table or handed out
   again; a retried login simply logs in again, and logout is idempotent by nature.
@@ -54,42 +57,51 @@ import logging
 import re
 from collections.abc import Callable
 from copy import deepcopy
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-import sqlalchemy as sa
 from flask import Response, current_app, make_response, request
-from flask_jwt_extended import verify_jwt_in_request
-from flask_jwt_extended.exceptions import JWTExtendedException
 from flask_smorest import Blueprint
-from jwt import PyJWTError
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.api import errors_doc
-from app.core.db import Base, UTCDateTime, utcnow
-from app.core.errors import Conflict, Unprocessable, ValidationFailed
+from app.core.errors import Unprocessable, ValidationFailed
+from app.core.idempotency_seal import seal_for
+from app.core.idempotency_store import (
+    COMPLETED,
+    HEADER,
+    KEY_MAX,
+    SCOPE_MAX,
+    TABLE,
+    Claim,
+    IdempotencyKey,
+    IdempotencyStore,
+    Stored,
+    in_progress,
+    store,
+)
 from app.core.limiting import client_key, ip_key
+
+# The store's names are re-exported: callers and tests import them from here.
+__all__ = [
+    "HEADER",
+    "REPLAYED_HEADER",
+    "TABLE",
+    "IdempotencyKey",
+    "IdempotencyStore",
+    "idempotent",
+    "request_fingerprint",
+    "store",
+]
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
-KEY_MAX = 255
 # Printable ASCII (space to tilde), neither starting nor ending with a space: HTTP strips the
 # spaces around a header value, so " k " would arrive as "k" (or "   " as nothing at all).
 KEY_PATTERN = "^[!-~]([ -~]{0,253}[!-~])?$"
 _KEY_RE = re.compile(KEY_PATTERN)
-# The headers of the first response that a replay repeats (the rest is added per response).
-REPLAYED_HEADERS = ("Content-Type", "Location", "ETag", "Cache-Control", "Vary")
-SCOPE_MAX = 128
-IN_PROGRESS, COMPLETED = "in_progress", "completed"
-CLAIM_ATTEMPTS = 3
 
 PARAMETER: dict[str, Any] = {
     "in": "header",
@@ -108,176 +120,6 @@ REPLAYED_RESPONSE_HEADER: dict[str, Any] = {
     "schema": {"type": "string", "enum": ["true"]},
     "description": "Present on a replay of the response to an earlier request with this key.",
 }
-
-
-class IdempotencyKey(Base):
-    """One claimed key: in progress, or completed with the response to replay."""
-
-    __tablename__ = "idempotency_keys"
-
-    scope: Mapped[str] = mapped_column(sa.String(SCOPE_MAX), primary_key=True)
-    key: Mapped[str] = mapped_column(sa.String(KEY_MAX), primary_key=True)
-    fingerprint: Mapped[str] = mapped_column(sa.String(64))  # sha256 hex of the request
-    state: Mapped[str] = mapped_column(sa.String(16))
-    response_status: Mapped[int | None] = mapped_column(sa.Integer)
-    response_headers: Mapped[dict[str, str] | None] = mapped_column(sa.JSON)
-    response_body: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
-
-    __table_args__ = (
-        sa.CheckConstraint("state IN ('in_progress', 'completed')", name="state_valid"),
-    )
-
-
-TABLE = cast(sa.Table, IdempotencyKey.__table__)
-
-
-@dataclass(frozen=True)
-class Claim:
-    """Our hold on a key; `created_at` tells our claim apart from a later one's takeover."""
-
-    scope: str
-    key: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class Stored:
-    """A live row that someone else's request put there."""
-
-    fingerprint: str
-    state: str
-    status: int | None
-    headers: dict[str, str] | None
-    body: bytes | None
-    created_at: datetime
-    expires_at: datetime
-
-
-class IdempotencyStore:
-    """The `idempotency_keys` table. Each step is its own short transaction on its own
-    connection, independent of the request's session: the claim must be committed (visible to
-    concurrent requests) before the view runs, and releasing it must work whatever state the
-    view left its session in. No step reads and then writes in one transaction (on SQLite a
-    reader that turns writer can fail at once instead of waiting)."""
-
-    def __init__(self, engine: Engine, *, ttl_seconds: int, lock_seconds: int) -> None:
-        self.engine = engine
-        self.ttl = timedelta(seconds=ttl_seconds)
-        self.lock = timedelta(seconds=lock_seconds)
-
-    def claim(self, scope: str, key: str, fingerprint: str) -> Claim | Stored:
-        """Claim the key, or return the live row that holds it."""
-        for _ in range(CLAIM_ATTEMPTS):
-            now = utcnow()
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(
-                        sa.insert(TABLE).values(
-                            scope=scope, key=key, **self._fresh(fingerprint, now)
-                        )
-                    )
-                return Claim(scope, key, now)
-            except IntegrityError:
-                pass  # the key is taken (or was a moment ago): look at who holds it
-            stored = self.get(scope, key)
-            if stored is None:
-                continue  # released in the meantime: claim it again
-            if stored.expires_at > now:
-                return stored
-            if self._take_over(scope, key, fingerprint, now):
-                return Claim(scope, key, now)
-        # Others keep claiming and releasing this key right now: let the client retry later.
-        raise in_progress()
-
-    def get(self, scope: str, key: str) -> Stored | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(
-                    TABLE.c.fingerprint,
-                    TABLE.c.state,
-                    TABLE.c.response_status,
-                    TABLE.c.response_headers,
-                    TABLE.c.response_body,
-                    TABLE.c.created_at,
-                    TABLE.c.expires_at,
-                ).where(TABLE.c.scope == scope, TABLE.c.key == key)
-            ).one_or_none()
-        return Stored(*row) if row is not None else None
-
-    def complete(self, claim: Claim, response: Response) -> None:
-        headers = {
-            name: response.headers[name] for name in REPLAYED_HEADERS if name in response.headers
-        }
-        values = {
-            "state": COMPLETED,
-            "response_status": response.status_code,
-            "response_headers": headers,
-            "response_body": response.get_data(),
-            "expires_at": utcnow() + self.ttl,
-        }
-        with self.engine.begin() as conn:
-            conn.execute(sa.update(TABLE).where(*self._ours(claim)).values(**values))
-
-    def release(self, claim: Claim) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(sa.delete(TABLE).where(*self._ours(claim)))
-
-    def purge_expired(self) -> int:
-        with self.engine.begin() as conn:
-            result = conn.execute(sa.delete(TABLE).where(TABLE.c.expires_at <= utcnow()))
-        return int(result.rowcount or 0)
-
-    def _fresh(self, fingerprint: str, now: datetime) -> dict[str, Any]:
-        return {
-            "fingerprint": fingerprint,
-            "state": IN_PROGRESS,
-            "response_status": None,
-            "response_headers": None,
-            "response_body": None,
-            "created_at": now,
-            "expires_at": now + self.lock,
-        }
-
-    def _take_over(self, scope: str, key: str, fingerprint: str, now: datetime) -> bool:
-        """Overwrite an expired row; of several takers exactly one succeeds (the row is
-        re-checked under the write lock, and the winner's row is no longer expired)."""
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                sa.update(TABLE)
-                .where(TABLE.c.scope == scope, TABLE.c.key == key, TABLE.c.expires_at <= now)
-                .values(**self._fresh(fingerprint, now))
-            )
-        return bool(result.rowcount)
-
-    @staticmethod
-    def _ours(claim: Claim) -> tuple[Any, ...]:
-        # Never touch a row that another request took over after our claim expired.
-        return (
-            TABLE.c.scope == claim.scope,
-            TABLE.c.key == claim.key,
-            TABLE.c.state == IN_PROGRESS,
-            TABLE.c.created_at == claim.created_at,
-        )
-
-
-def store() -> IdempotencyStore:
-    from app.extensions import db
-
-    config = current_app.config
-    return IdempotencyStore(
-        db.engine,
-        ttl_seconds=int(config["IDEMPOTENCY_TTL_SECONDS"]),
-        lock_seconds=int(config["IDEMPOTENCY_LOCK_SECONDS"]),
-    )
-
-
-def in_progress() -> Conflict:
-    return Conflict(
-        "A request with this key is still in progress; retry it shortly.",
-        details=[{"field": HEADER, "message": "A request with this key is still in progress."}],
-    )
 
 
 def idempotency_key() -> str | None:
@@ -304,15 +146,14 @@ def caller_scope(*, anonymous: bool = False) -> str:
 
 def token_still_valid() -> bool:
     """The full check of the token whose signature gave a `user:` scope."""
-    try:
-        verify_jwt_in_request(optional=True)
-    except (JWTExtendedException, PyJWTError):
-        return False
-    return True
+    from app.core.pipeline import current_caller  # the token was read once, by the pipeline
+
+    caller = current_caller()
+    return caller is not None and caller.is_valid()
 
 
 def request_fingerprint() -> str:
-    """sha256 of method, path and the body; a JSON body in canonical form (key order and
+    """Keyed MAC of method, path and the body; a JSON body in canonical form (key order and
     whitespace do not matter), any other body as sent."""
     raw = request.get_data(cache=True)
     try:
@@ -321,11 +162,8 @@ def request_fingerprint() -> str:
         ).encode()
     except (ValueError, RecursionError):  # not JSON (the view will say so): the bytes, then
         body = raw
-    digest = hashlib.sha256()
-    for part in (request.method.encode(), request.path.encode(), body):
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return digest.hexdigest()
+    seal = seal_for(str(current_app.config["SECRET_KEY"]))
+    return seal.fingerprint((request.method.encode(), request.path.encode(), body))
 
 
 def replay(stored: Stored) -> Response:
@@ -336,6 +174,8 @@ def replay(stored: Stored) -> Response:
 
 def answer_from_store(fingerprint: str, stored: Stored) -> Response:
     """The answer to a request whose key is already held: replay, 409 or 422."""
+    if stored.foreign:  # an unfinished claim written under another key: still held
+        raise in_progress()
     if stored.fingerprint != fingerprint:
         raise Unprocessable(
             f"This {HEADER} was already used for a different request.",

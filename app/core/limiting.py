@@ -1,47 +1,258 @@
-"""Rate limits (flask-limiter): per user when authenticated, per client IP otherwise.
+"""Rate limits: one sliding-window counter per caller, hit and read in one Redis round trip.
 
-One window per caller for the whole API (not per route). Sliding windows (the
-`sliding-window-counter` strategy by default: O(1) per caller, where `moving-window` keeps and
-scans one entry per request up to the limit), shared by every web process through
-Redis when REDIS_URL is set, in process memory on the embedded default. Registration and login
-have their own, stricter, per-IP limits. If Redis fails mid-flight, limiting falls back to
-per-process memory (so a limit may then admit up to limit x processes) and no request fails.
+Per user when the bearer token is validly signed, per client IP otherwise; one budget per caller
+for the whole API (scope "api"), unless a route declares its own limit with `route_limit` (login
+and registration do, per IP), which then replaces the shared one for that route. Shared by every
+web process through Redis when REDIS_URL is set; in process memory on the embedded default, and
+in process memory while Redis is unreachable (a limit may then admit up to limit x processes;
+no request fails; the shared Redis breaker of app/core/redis_client.py decides when to try again).
+
+Why not flask-limiter: it takes the hit with one EVALSHA before the view and reads the window
+for the X-RateLimit-* headers with a second one after it, and limits' storage API has no call
+that does both. Our script below (a sliding-window counter: the previous window's count weighted
+by how much of it still overlaps, plus the current one) admits-and-counts and returns both counts
+in one call, and the pipeline sends it in the same round trip as the caller's other reads.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, g, request
-from flask_jwt_extended import decode_token
-from flask_limiter import Limit, Limiter, RequestLimit
+import pybreaker
+import redis
+from flask import Flask, g, request
+from limits import parse_many
 
 from app.core.audit import security_event
-from app.core.fast_reads import CHARGED
-from app.core.redis_client import limiter_storage_options
+from app.core.redis_client import REDIS_ERRORS, redis_breaker, skip_redis
+from app.settings import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
+_FAILURES: tuple[type[BaseException], ...] = (pybreaker.CircuitBreakerError, *REDIS_ERRORS)
 
 # Probes, metrics and docs are never limited: an orchestrator must always reach them.
-EXEMPT_BLUEPRINTS = {"ops", "api-docs"}
-EXEMPT_ENDPOINTS = {"swagger_ui_static", "metrics"}
+EXEMPT_BLUEPRINTS = frozenset({"ops", "api-docs"})
+EXEMPT_ENDPOINTS = frozenset({"swagger_ui_static", "metrics"})
+ROUTE_LIMIT_ATTR = "_route_limit"  # set by @route_limit on a view (method) function
+STRATEGY = "sliding-window-counter"  # the one strategy of the script below
+
+# KEYS[1] = this window's counter, KEYS[2] = the previous window's; ARGV = limit, period (ms),
+# ms elapsed in this window. Returns {admitted (1/0), previous count, current count}.
+SLIDING_WINDOW = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+local period = tonumber(ARGV[2])
+local used = math.floor(previous * (period - tonumber(ARGV[3])) / period) + current
+if used >= tonumber(ARGV[1]) then
+  return {0, previous, current}
+end
+current = redis.call('INCR', KEYS[1])
+if current == 1 then
+  redis.call('PEXPIRE', KEYS[1], 2 * period)
+end
+return {1, previous, current}
+"""
 
 
-def token_subject() -> str | None:
-    """The `sub` of a validly signed, unexpired bearer token, else None (then keyed per IP).
+@dataclass(frozen=True)
+class Rule:
+    """One limit: `amount` requests per `seconds`."""
 
-    Only the signature and expiry are checked here (no database): the view's own @authenticated
-    does the full check. A forged or expired token is simply treated as anonymous.
-    """
-    if "rl_subject" in g:
-        return g.rl_subject
-    subject = None
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer " and len(header) < 8192:
-        try:
-            subject = str(decode_token(header[7:].strip())["sub"])
-        except Exception:  # any invalid token: anonymous for limiting, 401 in the view
-            subject = None
-    g.rl_subject = subject
-    return subject
+    amount: int
+    seconds: int
+
+    @classmethod
+    def parse(cls, text: str) -> Rule:
+        items = parse_many(text)
+        if len(items) != 1:
+            raise ConfigError(f"rate limit {text!r}: give exactly one limit, such as 100/minute")
+        return cls(items[0].amount, items[0].get_expiry())
+
+
+@dataclass(frozen=True)
+class Window:
+    """The caller's window right after a hit (or a refused one): what the headers say."""
+
+    rule: Rule
+    admitted: bool
+    previous: int
+    current: int
+    elapsed: float  # seconds into the current fixed window
+    now: float
+
+    @property
+    def used(self) -> int:
+        period = self.rule.seconds
+        return math.floor(self.previous * (period - self.elapsed) / period) + self.current
+
+    def retry_after(self) -> float:
+        """Seconds until one more request would be admitted (0 if one would be now)."""
+        amount, period = self.rule.amount, self.rule.seconds
+        if self.used < amount:
+            return 0.0
+        if self.current < amount:  # wait until the previous window's weight has decayed enough
+            return max(0.0, period * (1 - (amount - self.current) / self.previous) - self.elapsed)
+        # this window alone is full: the next one, where it becomes the decaying previous one
+        return period - self.elapsed + max(0.0, period * (1 - amount / self.current))
+
+    def headers(self) -> dict[str, str]:
+        remaining = max(0, self.rule.amount - self.used)
+        wait = self.retry_after() if remaining == 0 else self.rule.seconds - self.elapsed
+        headers = {
+            "X-RateLimit-Limit": str(self.rule.amount),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": str(int(self.now + wait) + 1),
+        }
+        if not self.admitted:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after())))
+        return headers
+
+
+class MemoryCounters:
+    """The same counters in this process (the embedded default, and the fallback)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, tuple[int, float]] = {}  # key -> (count, expires at)
+        self._lock = threading.Lock()
+
+    def hit(self, keys: tuple[str, str], amount: int, period_ms: int, elapsed_ms: int) -> list[int]:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._counts) > 10000:  # forget expired windows now and then
+                self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
+            current, previous = (self._get(key, now) for key in keys)
+            if math.floor(previous * (period_ms - elapsed_ms) / period_ms) + current >= amount:
+                return [0, previous, current]
+            expires = self._counts.get(keys[0], (0, now + 2 * period_ms / 1000))[1]
+            self._counts[keys[0]] = (current + 1, expires)
+            return [1, previous, current + 1]
+
+    def _get(self, key: str, now: float) -> int:
+        count, expires = self._counts.get(key, (0, 0.0))
+        return count if expires > now else 0
+
+
+class RateLimiter:
+    """Hits a caller's window and runs the pipeline's other Redis reads in the same round trip."""
+
+    def __init__(
+        self,
+        client: redis.Redis | None,
+        *,
+        breaker: pybreaker.CircuitBreaker,
+        limit_in_redis: bool,
+        prefix: str,
+    ) -> None:
+        self.client = client
+        self.breaker = breaker  # decides when a failed Redis is tried again (in memory till then)
+        self.limit_in_redis = limit_in_redis and client is not None
+        self.prefix = prefix
+        self.memory = MemoryCounters()
+        self._sha: str | None = None  # the script's SHA, loaded on first use
+
+    def round_trip(
+        self, hit: tuple[str, Rule] | None, reads: list[tuple[Any, ...]]
+    ) -> tuple[Window | None, list[Any] | None]:
+        """Take `hit` (key, rule) when given and run `reads` (Redis commands): one round trip.
+
+        The reads' replies are None when Redis is absent or failed (callers then fall back)."""
+        now = time.time()
+        args = self._hit_args(hit, now) if hit is not None else None
+        use_redis = self.client is not None and not skip_redis(self.breaker)
+        replies: list[Any] | None = None
+        counts: list[int] | None = None
+        in_redis = args is not None and self.limit_in_redis
+        if use_redis and (reads or in_redis):
+            try:
+                with self.breaker.calling():
+                    replies = self._execute(args if in_redis else None, reads)
+            except _FAILURES as exc:
+                log.warning("rate_limit_store_unavailable", extra={"error": type(exc).__name__})
+                replies = None
+            if replies is not None and in_redis:
+                counts = [int(n) for n in replies.pop(0)]
+        if args is not None and counts is None:
+            counts = self.memory.hit(*args)
+        if hit is None or counts is None or args is None:
+            return None, replies
+        return Window(hit[1], bool(counts[0]), counts[1], counts[2], args[3] / 1000, now), replies
+
+    def _hit_args(self, hit: tuple[str, Rule], now: float) -> tuple[tuple[str, str], int, int, int]:
+        key, rule = hit
+        period_ms = rule.seconds * 1000
+        now_ms = int(now * 1000)
+        index = now_ms // period_ms
+        base = f"{self.prefix}:rl:{rule.amount}/{rule.seconds}:{key}:"
+        return (
+            (base + str(index), base + str(index - 1)),
+            rule.amount,
+            period_ms,
+            now_ms % period_ms,
+        )
+
+    def _execute(
+        self, args: tuple[tuple[str, str], int, int, int] | None, reads: list[tuple[Any, ...]]
+    ) -> list[Any]:
+        assert self.client is not None
+        pipe = self.client.pipeline(transaction=False)
+        if args is not None:
+            if self._sha is None:
+                self._sha = self.client.script_load(SLIDING_WINDOW)
+            (current, previous), amount, period_ms, elapsed_ms = args
+            pipe.evalsha(self._sha, 2, current, previous, amount, period_ms, elapsed_ms)
+        for command in reads:
+            pipe.execute_command(*command)
+        replies = pipe.execute(raise_on_error=False)
+        if args is not None and isinstance(replies[0], redis.exceptions.NoScriptError):
+            self._sha = self.client.script_load(SLIDING_WINDOW)  # Redis restarted or flushed
+            (current, previous), amount, period_ms, elapsed_ms = args
+            replies[0] = self.client.evalsha(
+                self._sha, 2, current, previous, amount, period_ms, elapsed_ms
+            )
+        for reply in replies:
+            if isinstance(reply, redis.RedisError):
+                raise reply
+        return list(replies)
+
+
+def route_limit(setting: str, *, per: str = "ip") -> Callable[[F], F]:
+    """Give a view its own limit (the setting naming it, e.g. "RATELIMIT_LOGIN"), keyed per IP,
+    instead of the caller's shared budget: a domain route declares it, core applies it."""
+    if per != "ip":
+        raise ValueError("route limits are per IP")
+
+    def decorator(view: F) -> F:
+        setattr(view, ROUTE_LIMIT_ATTR, setting)
+        return view
+
+    return decorator
+
+
+def declared_limit(app: Flask, endpoint: str, method: str) -> str | None:
+    """The setting a route's view declared with @route_limit, or None (the shared budget)."""
+    view = app.view_functions.get(endpoint)
+    view_class = getattr(view, "view_class", None)
+    handler = getattr(view_class, method.lower(), None) if view_class is not None else view
+    return getattr(handler, ROUTE_LIMIT_ATTR, None)
+
+
+def route_limit_settings(app: Flask) -> set[str]:
+    """The settings every @route_limit of `app`'s views names."""
+    found = set()
+    for view in app.view_functions.values():
+        view_class = getattr(view, "view_class", None)
+        handlers = [getattr(view_class, m, None) for m in ("get", "post", "put", "patch", "delete")]
+        for handler in handlers if view_class is not None else [view]:
+            if (setting := getattr(handler, ROUTE_LIMIT_ATTR, None)) is not None:
+                found.add(setting)
+    return found
 
 
 def client_ip() -> str:
@@ -50,8 +261,14 @@ def client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
+def caller_subject() -> str | None:
+    """The `sub` of the request's validly signed bearer token (the pipeline identified it)."""
+    caller = g.get("caller")
+    return caller.subject if caller is not None else None
+
+
 def client_key() -> str:
-    subject = token_subject()
+    subject = caller_subject()
     return f"user:{subject}" if subject else f"ip:{client_ip()}"
 
 
@@ -59,79 +276,63 @@ def ip_key() -> str:
     return f"ip:{client_ip()}"
 
 
-def default_limit() -> str:
-    cfg = current_app.config
-    return cfg["RATELIMIT_AUTHENTICATED"] if token_subject() else cfg["RATELIMIT_ANONYMOUS"]
+def configure_limiter(app: Flask) -> RateLimiter:
+    """This app's limiter (apps built side by side, as in tests, each have their own)."""
+    from app.core.redis_client import get_redis
 
-
-def login_limit() -> str:
-    return str(current_app.config["RATELIMIT_LOGIN"])
-
-
-def register_limit() -> str:
-    return str(current_app.config["RATELIMIT_REGISTER"])
-
-
-def _exempt() -> bool:
-    return (
-        request.blueprint in EXEMPT_BLUEPRINTS
-        or request.endpoint in EXEMPT_ENDPOINTS
-        or CHARGED in request.environ  # the fast lane took this request's hit already
+    cfg: dict[str, Any] = app.config
+    cfg.setdefault("RATELIMIT_STORAGE_URI", cfg.get("REDIS_URL") or "memory://")
+    strategy = str(cfg.get("RATELIMIT_STRATEGY") or STRATEGY)
+    if strategy != STRATEGY:
+        raise ConfigError(f"RATELIMIT_STRATEGY: only {STRATEGY!r} is implemented, not {strategy!r}")
+    for name in ("RATELIMIT_ANONYMOUS", "RATELIMIT_AUTHENTICATED", *route_limit_settings(app)):
+        Rule.parse(str(cfg[name]))  # one limit per setting, refused at start-up if not
+    client = get_redis(cfg.get("REDIS_URL"))
+    limiter = RateLimiter(
+        client,
+        breaker=redis_breaker(
+            f"ratelimit@{cfg.get('REDIS_URL')}", cfg, probe=client.ping if client else None
+        ),
+        limit_in_redis=cfg["RATELIMIT_STORAGE_URI"] == cfg.get("REDIS_URL"),
+        prefix=str(cfg.get("RATELIMIT_KEY_PREFIX", "postboard")),
     )
+    app.extensions["rate_limiter"] = limiter
+    return limiter
 
 
-def _charged_headers(response: Response) -> Response:
-    """The X-RateLimit-* headers of a hit the fast lane took (app/core/fast_reads.py) before it
-    handed the request over; flask-limiter adds them for every other limited request."""
-    charged = request.environ.get(CHARGED)
-    if charged is not None:
-        for name, value in charged.headers():
-            response.headers[name] = value
-    return response
+def request_hit(app: Flask) -> tuple[str, Rule] | None:
+    """(key, rule) this request is charged against, or None when it is not limited."""
+    cfg = app.config
+    endpoint = request.endpoint
+    if not cfg.get("RATELIMIT_ENABLED", True) or endpoint is None:
+        return None
+    if request.blueprint in EXEMPT_BLUEPRINTS or endpoint in EXEMPT_ENDPOINTS:
+        return None
+    setting = declared_limit(app, endpoint, request.method)
+    if setting is not None:
+        return f"{endpoint}:{ip_key()}", _rule(cfg, setting)
+    if caller_subject():
+        return f"api:{client_key()}", _rule(cfg, "RATELIMIT_AUTHENTICATED")
+    return f"api:{client_key()}", _rule(cfg, "RATELIMIT_ANONYMOUS")
 
 
-def _on_breach(limit: RequestLimit) -> None:
+def on_breach(window: Window) -> None:
+    """A `rate_limited` security event for a refused hit (no credential in it)."""
     security_event(
         "rate_limited",
-        key=limit.key.split("/")[-1] if limit.key else None,
-        limit=str(limit.limit),
+        key=client_key(),
+        limit=f"{window.rule.amount} per {window.rule.seconds} second",
         path=request.path,
         method=request.method,
     )
 
 
-# Route limits beyond the default, by endpoint: (limit, key, methods). Applied per app.
-ROUTE_LIMITS = {
-    "auth.Login": (login_limit, ip_key, ["POST"]),
-    "users.UserCollection": (register_limit, ip_key, ["POST"]),
-}
+_rules: dict[str, Rule] = {}
 
 
-def configure_limiter(app: Flask) -> Limiter:
-    """A Limiter of this app's own (flask-limiter keeps its storage and switches on the
-    instance, so apps built side by side, as in tests, must not share one)."""
-    cfg: dict[str, Any] = app.config
-    cfg.setdefault("RATELIMIT_STORAGE_URI", cfg.get("REDIS_URL") or "memory://")
-    cfg.setdefault("RATELIMIT_HEADERS_ENABLED", True)
-    cfg.setdefault("RATELIMIT_KEY_PREFIX", "postboard")
-    cfg.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
-    cfg.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
-    if cfg["RATELIMIT_STORAGE_URI"].startswith("redis"):
-        # A dead Redis must cost milliseconds, not the default socket timeouts.
-        cfg.setdefault("RATELIMIT_STORAGE_OPTIONS", limiter_storage_options(cfg))
-    limiter = Limiter(
-        key_func=client_key,
-        # One budget per caller across the whole API (a shared scope), not one per route:
-        # RATELIMIT_AUTHENTICATED=100/minute means 100 requests a minute in all. (Not an
-        # `application_limits` entry: flask-limiter 4.1 then drops the X-RateLimit-* headers on
-        # routes that also carry a route limit, such as GET /api/users.)
-        default_limits=[Limit(default_limit, scope="api", shared=True, exempt_when=_exempt)],
-        on_breach=_on_breach,
-    )
-    limiter.init_app(app)
-    app.after_request(_charged_headers)
-    for endpoint, (limit, key, methods) in ROUTE_LIMITS.items():
-        limited = limiter.limit(limit, key_func=key, methods=methods)
-        app.view_functions[endpoint] = cast(Any, limited(app.view_functions[endpoint]))
-    app.extensions["limiter"] = limiter
-    return limiter
+def _rule(cfg: Any, setting: str) -> Rule:
+    text = str(cfg[setting])
+    rule = _rules.get(text)
+    if rule is None:
+        rule = _rules[text] = Rule.parse(text)
+    return rule

@@ -13,11 +13,9 @@ holds whatever a caller passes: values under secret-looking keys (password, toke
 authorization, secret, cookie, ...; nested too) become "[REDACTED]", and JWTs, `Bearer ...`
 credentials and `password=...`-style pairs are masked inside any string, the message included.
 
-Plain stdlib records (no exception or stack, no structlog wrapper: nearly every line) take a fast
-path in `JsonFormatter.format` that builds the same event dict without copying the record and
-renders it byte for byte as the processor chain would; the rest go through the chain itself.
-Strings without anything the masking patterns could match are returned as they are, after a
-cheap check.
+Every record goes through structlog's own chain; what keeps it cheap is a short chain and a
+redaction that returns strings without anything the masking patterns could match as they are,
+after a cheap check.
 
 Entry points: `configure_logging(level)` (web factory, Celery worker and beat, CLI), and
 `gunicorn_logconfig_dict(level)` for gunicorn's own loggers (`logconfig_dict` in
@@ -26,7 +24,6 @@ gunicorn.conf.py), which builds the same handler.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
@@ -252,53 +249,11 @@ _PROCESSORS: list[Processor] = [
 ]
 
 
-# The fast path (below) on or off: tests switch it off to compare with the chain above.
-FAST_PATH = True
-# What structlog's ExtraAdder leaves out: the attributes every LogRecord has.
-_RECORD_KEYS = frozenset(logging.LogRecord("name", 0, "pathname", 0, "msg", (), None).__dict__)
-# structlog's map_method_name (add_log_level).
-_LEVEL_ALIASES = {"warn": "warning", "exception": "error"}
-# JSONRenderer(sort_keys=False, default=str) calls json.dumps(ed, sort_keys=False, default=str),
-# which builds exactly this encoder on every call.
-_encode = json.JSONEncoder(sort_keys=False, default=str).encode
-
-
 class JsonFormatter(structlog.stdlib.ProcessorFormatter):
     """The one formatter: a `logging.Formatter`, so gunicorn's dictConfig can name it too."""
 
     def __init__(self) -> None:
         super().__init__(foreign_pre_chain=_FOREIGN_PRE_CHAIN, processors=_PROCESSORS)
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The record as one JSON line; plain stdlib records skip the record copy and chain."""
-        attrs = record.__dict__
-        if (
-            not FAST_PATH
-            or type(record) is not logging.LogRecord  # a subclass may override getMessage
-            or record.exc_info
-            or record.exc_text
-            or record.stack_info
-            or "_logger" in attrs  # structlog's own loggers (wrap_for_formatter)
-            or "_name" in attrs
-        ):
-            return super().format(record)
-        # What ProcessorFormatter.format and _FOREIGN_PRE_CHAIN build, in the same order.
-        method = record.levelname.lower()
-        event_dict: EventDict = {
-            "event": record.getMessage(),
-            "level": _LEVEL_ALIASES.get(method, method),
-            "logger": record.name,
-        }
-        for key, value in attrs.items():
-            if key not in _RECORD_KEYS:  # ExtraAdder
-                event_dict[key] = value
-        _timestamper(None, method, event_dict)
-        # ProcessorFormatter.remove_processors_meta: an extra under these names goes too.
-        event_dict.pop("_record", None)
-        event_dict.pop("_from_structlog", None)
-        for processor in _CONTEXT:
-            event_dict = cast(EventDict, processor(None, method, event_dict))
-        return _encode(_order(None, method, _redact_event(None, method, event_dict)))
 
 
 def json_handler(stream: IO[str] | None = None) -> logging.Handler:

@@ -28,10 +28,10 @@ import glob
 import hmac
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -131,56 +131,31 @@ def record_cache_read(kind: str, *, hit: bool) -> None:
 
 
 def init_metrics(app: Flask) -> None:
-    """Instrument every request of `app` (the `/metrics` route itself is in app/ops/routes.py).
-
-    The hooks are put first in Flask's lists: the timer starts before any other before_request
-    hook (a 413 or 429 raised there is still timed), and the recorder runs after every other
-    after_request hook, so it sees the final status.
-    """
+    """Prepare metrics for `app` (the pipeline, app/core/pipeline.py, records every request; the
+    `/metrics` route itself is in app/ops/routes.py)."""
     if (directory := multiprocess_dir()) is not None:
         os.makedirs(directory, exist_ok=True)  # prometheus_client writes there from now on
-    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
-    app.after_request_funcs.setdefault(None, []).insert(0, _record_request)
     _document_security_scheme(app)
 
 
-def _start_timer() -> None:
-    g.metrics_started = time.perf_counter()
-
-
-def _record_request(response: Response) -> Response:
-    rule = request.url_rule
-    started = g.get("metrics_started")
-    record_request(
-        request.method,
-        rule.rule if rule is not None else UNMATCHED_ROUTE,
-        response.status_code,
-        time.perf_counter() - started if started is not None else None,
-    )
-    return response
-
-
-def request_recorder(method: str, route: str, status: int) -> Callable[[float], None]:
-    """`record_request` for one fixed (method, route, status), with its label children bound
-    once: for the fast lane (app/core/fast_reads.py), which answers one kind of request."""
-    requests = HTTP_REQUESTS.labels(method, route, str(status))
-    latency = HTTP_LATENCY.labels(method, route, str(status))
-
-    def record(seconds: float) -> None:
-        requests.inc()
-        latency.observe(seconds)
-
-    return record
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
 def record_request(method: str, route: str, status: int, seconds: float | None) -> None:
-    """Count one answered request (and time it, when `seconds` is known); also used by the
-    fast lane for cached reads (app/core/fast_reads.py), which answers outside Flask."""
+    """Count one answered request (and time it, when `seconds` is known)."""
     method = method if method in KNOWN_METHODS else "OTHER"
-    code = str(status)
-    HTTP_REQUESTS.labels(method, route, code).inc()
+    children = _children.get((method, route, status))
+    if children is None:  # label children resolved once per (method, route, status)
+        code = str(status)
+        children = (
+            HTTP_REQUESTS.labels(method, route, code),
+            HTTP_LATENCY.labels(method, route, code),
+        )
+        if len(_children) < 10000:  # route templates only, never raw paths: bounded anyway
+            _children[(method, route, status)] = children
+    children[0].inc()
     if seconds is not None:
-        HTTP_LATENCY.labels(method, route, code).observe(seconds)
+        children[1].observe(seconds)
     if status == 429:
         RATE_LIMITED.labels(method, route).inc()
 

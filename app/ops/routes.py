@@ -21,6 +21,7 @@ from app.core.metrics import ScrapeRefused, authorize_scrape, render
 from app.core.redis_client import get_redis
 from app.extensions import db
 from app.ops import draining
+from app.settings import settings
 
 blp = ApiBlueprint("ops", __name__, description="Health and readiness probes, metrics.")
 
@@ -170,7 +171,7 @@ def ready() -> ResponseReturnValue:
 @blp.route("/metrics", methods=["GET"])
 @blp.doc(
     operationId="metrics",
-    # Open unless METRICS_TOKEN is set; then `Authorization: Bearer <METRICS_TOKEN>`.
+    # Production: always `Authorization: Bearer <METRICS_TOKEN>`; elsewhere open unless it is set.
     security=[{"metricsToken": []}, {}],
     responses={
         200: {
@@ -180,14 +181,18 @@ def ready() -> ResponseReturnValue:
         }
     },
 )
-@blp.alt_response(401, response="UNAUTHORIZED")  # only when METRICS_TOKEN is set
+@blp.alt_response(401, response="UNAUTHORIZED")  # production, or wherever METRICS_TOKEN is set
 def metrics() -> ResponseReturnValue:
     """Prometheus metrics: requests, latency, cache, rate limits, Celery queues and tasks."""
+    token = current_app.config["METRICS_TOKEN"]
     try:
-        authorize_scrape(request.headers.get("Authorization"), current_app.config["METRICS_TOKEN"])
+        if not token and settings().production:
+            # Fail closed: production without a token configured has no token to accept.
+            raise ScrapeRefused("invalid" if request.headers.get("Authorization") else "missing")
+        authorize_scrape(request.headers.get("Authorization"), token)
     except ScrapeRefused as refused:
         if refused.reason == "missing":
-            raise Unauthenticated("A metrics token is required.") from None
+            raise Unauthenticated("A metrics token is required (METRICS_TOKEN).") from None
         raise Unauthenticated(
             "The metrics token is not valid.",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -12,10 +11,11 @@ from werkzeug.routing import BaseConverter, ValidationError
 
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
 from app.core.api import ApiBlueprint, errors_doc, link, operation
-from app.core.fast_reads import UUID_PATH, FastRead
+from app.core.cached_read import cached_read
 from app.core.http import if_match, listing_json, page_params, single_json
 from app.core.idempotency import idempotent
 from app.core.pagination import PageArgsSchema
+from app.core.security import Principal
 from app.extensions import api
 from app.posts.cache import POST_KIND, anonymous_view
 from app.posts.models import Post
@@ -31,17 +31,6 @@ from app.posts.service import PostService
 from app.posts.slugs import SLUG_MAX, SLUG_MIN, SLUG_REGEX, is_well_formed
 
 blp = ApiBlueprint("posts", __name__, url_prefix="/api", description="Posts.")
-
-# GET /api/posts/{id} for anonymous callers, answered from the cache in one Redis round trip
-# when it holds a post they may see (app/core/fast_reads.py); PostItem.get answers the rest.
-FAST_READS = [
-    FastRead(
-        pattern=re.compile(f"/api/posts/{UUID_PATH}"),
-        kind=POST_KIND,
-        rule="/api/posts/<uuid:post_id>",
-        view=anonymous_view,
-    )
-]
 
 
 class SlugConverter(BaseConverter):
@@ -83,6 +72,11 @@ OPTIONAL_AUTH = [*BEARER_AUTH, {}]
 
 def service() -> PostService:
     return PostService.from_app()
+
+
+def public_read(data: dict[str, Any], viewer: Principal | None) -> dict[str, Any] | None:
+    """A cached post for an anonymous reader (a signed-in one may see more: the view answers)."""
+    return None if viewer is not None else anonymous_view(data)
 
 
 def respond(post: Post, *, status: int = 200) -> Any:
@@ -131,6 +125,9 @@ class PostItem(MethodView):
     @operation(blp, "getPost", security=OPTIONAL_AUTH, conditional="read")
     @errors_doc(blp, 401, 404)
     @authenticated(optional=True)
+    @cached_read(
+        POST_KIND, "post_id", lambda data, viewer: None if viewer else anonymous_view(data)
+    )
     def get(self, post_id: uuid.UUID) -> Any:
         """Get a post (a draft only for its author and admins)."""
         snapshot = service().read(post_id, viewer=current_principal())

@@ -130,6 +130,18 @@ class PostService:
             raise NotFound("No such post.")
         return post
 
+    def _editable(self, public_id: uuid.UUID, actor: Principal, refusal: str) -> Post:
+        """The post `actor` may edit, with one permission check: someone else's draft is a 404
+        (as absent as for a reader), someone else's published post a 403."""
+        post = self.posts.get(public_id)
+        if post is None:
+            raise NotFound("No such post.")
+        if not _may_edit(actor, post):
+            if post.status == "draft":
+                raise NotFound("No such post.")
+            raise Forbidden(refusal)
+        return post
+
     def list_published(self, params: PageParams) -> Page[Post]:
         return self.posts.page_published(params, self.codec)
 
@@ -199,9 +211,7 @@ class PostService:
         actor: Principal,
         if_match: Collection[int] | None = None,
     ) -> Post:
-        post = self.get(public_id, viewer=actor)
-        if not _may_edit(actor, post):
-            raise Forbidden("You may only change your own posts.")
+        post = self._editable(public_id, actor, "You may only change your own posts.")
         check_version(post.version, if_match)
         values = {k: v for k, v in changes.items() if getattr(post, k) != v}
         if not values:
@@ -229,9 +239,7 @@ class PostService:
     def delete(
         self, public_id: uuid.UUID, *, actor: Principal, if_match: Collection[int] | None = None
     ) -> None:
-        post = self.get(public_id, viewer=actor)
-        if not _may_edit(actor, post):
-            raise Forbidden("You may only delete your own posts.")
+        post = self._editable(public_id, actor, "You may only delete your own posts.")
         check_version(post.version, if_match)
         now = utcnow()
         with UnitOfWork(self.session, actor_id=actor.public_id) as uow:

@@ -12,6 +12,8 @@ the variable. Code that wants attributes calls `settings()`; the Flask config is
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import itertools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
@@ -44,6 +46,7 @@ from app.settings.fields import (
     resolve,
     setting,
 )
+from app.settings.instance_secrets import instance_secret
 
 __all__ = ["INSTANCE_DIR", "ConfigError", "Settings", "enforce_production_secrets", "settings"]
 
@@ -52,17 +55,15 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 # The instance directory the process environment names, for code that runs before any app.
 INSTANCE_DIR = Path(os.environ.get("INSTANCE_PATH") or BASE_DIR / "instance")
 
-# Values that must never reach production: the development defaults below.
-DEV_SECRET = "dev-secret-change-me"  # noqa: S105  # nosec B105 # known-bad, refused in production
-DEV_JWT_SECRET = "dev-jwt-secret-change-me-32-bytes!"  # noqa: S105  # nosec B105 # refused likewise
 MIN_SECRET_LENGTH = 32
 _WEAK_SECRETS = {"changeme", "change-me", "secret"}
+# Placeholder words: a secret containing one was copied from an example, not generated.
+_PLACEHOLDERS = ("change-me", "changeme", "change_me")
 
 AppEnv = Literal["development", "testing", "production"]
 # HMAC only: the service signs with a shared secret and has no key pair to offer RS*/ES*.
 JwtAlgorithm = Literal["HS256", "HS384", "HS512"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-RateLimitStrategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]
 
 # Fixed Flask and flask-smorest options: part of the code, not of a deployment.
 _FLASK_CONSTANTS: dict[str, Any] = {
@@ -80,9 +81,12 @@ _FLASK_CONSTANTS: dict[str, Any] = {
 # --- defaults that depend on settings read before them -------------------------------------------
 
 
-def _dev_default(value: str) -> Callable[[Values], str]:
-    """The development value outside production; production gets "" and refuses to start."""
-    return lambda v: "" if v["app_env"] == "production" else value
+def _instance_secret(name: str) -> Callable[[Values], str]:
+    """Outside production, this instance's generated secret (instance/secrets.json); production
+    gets "" and refuses to start."""
+    return lambda v: (
+        "" if v["app_env"] == "production" else instance_secret(v["instance_dir"], name)
+    )
 
 
 def _instance_dir(v: Values) -> Path:
@@ -119,9 +123,10 @@ class Settings:
     # Where the embedded default keeps its SQLite files, broker, disk cache and beat schedule.
     instance_dir: Path = setting("INSTANCE_PATH", _instance_dir, flask=None)
 
-    # Signing keys (cursors and sessions; JWTs): empty = the dev value, refused in production.
-    secret_key: str = setting("SECRET_KEY", _dev_default(DEV_SECRET), secret=True)
-    jwt_secret_key: str = setting("JWT_SECRET_KEY", _dev_default(DEV_JWT_SECRET), secret=True)
+    # Signing keys (cursors, sealed stores; JWTs): unset = generated once per instance directory
+    # (instance/secrets.json) outside production; production refuses to start without them.
+    secret_key: str = setting("SECRET_KEY", _instance_secret("SECRET_KEY"), secret=True)
+    jwt_secret_key: str = setting("JWT_SECRET_KEY", _instance_secret("JWT_SECRET_KEY"), secret=True)
     jwt_algorithm: JwtAlgorithm = setting("JWT_ALGORITHM", "HS256", normalise=str.upper)
     jwt_access_token_expires_seconds: int = setting(
         "JWT_ACCESS_TOKEN_EXPIRES_SECONDS",
@@ -193,9 +198,6 @@ class Settings:
     ratelimit_authenticated: str = setting("RATELIMIT_AUTHENTICATED", "1200/minute", a_limit_string)
     ratelimit_login: str = setting("RATELIMIT_LOGIN", "10/minute", a_limit_string)
     ratelimit_register: str = setting("RATELIMIT_REGISTER", "20/hour", a_limit_string)
-    ratelimit_strategy: RateLimitStrategy = setting(
-        "RATELIMIT_STRATEGY", "sliding-window-counter", normalise=str.lower
-    )
 
     # Idempotency-Key: replay window; hold of an unfinished request (above gunicorn's timeout);
     # beat's purge interval.
@@ -343,17 +345,22 @@ def settings() -> Settings:
 
 
 def enforce_production_secrets(values: Settings) -> None:
-    """Refuse to start production with an empty, default or short secret."""
-    for key, value, default in (
-        ("SECRET_KEY", values.secret_key, DEV_SECRET),
-        ("JWT_SECRET_KEY", values.jwt_secret_key, DEV_JWT_SECRET),
-    ):
-        if not value or value == default or value.lower() in _WEAK_SECRETS:
+    """Refuse to start production with an empty, placeholder, short or shared secret."""
+    given = [("SECRET_KEY", values.secret_key), ("JWT_SECRET_KEY", values.jwt_secret_key)]
+    if values.metrics_token:  # optional: unset, /metrics refuses every scrape in production
+        given.append(("METRICS_TOKEN", values.metrics_token))
+    for key, value in given:
+        lowered = value.lower()
+        if not value or lowered in _WEAK_SECRETS or any(p in lowered for p in _PLACEHOLDERS):
             raise ConfigError(f"{key} must be set to a real secret in production")
         if len(value) < MIN_SECRET_LENGTH:
             raise ConfigError(
                 f"{key} must be at least {MIN_SECRET_LENGTH} characters in production"
             )
+    for (key, value), (other, other_value) in itertools.combinations(given, 2):
+        if hmac.compare_digest(value.encode(), other_value.encode()):
+            # One leaked value would then give both powers (e.g. a scraper could sign tokens).
+            raise ConfigError(f"{key} and {other} must be different secrets in production")
 
 
 # --- machinery -------------------------------------------------------------------------------

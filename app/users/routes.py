@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -12,10 +11,12 @@ from flask.views import MethodView
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
 from app.core.api import ApiBlueprint, errors_doc, link, operation
 from app.core.cache import Cache
-from app.core.fast_reads import UUID_PATH, FastRead
+from app.core.cached_read import cached_read
 from app.core.http import if_match, listing_json, page_params, single_json
 from app.core.idempotency import idempotent
+from app.core.limiting import route_limit
 from app.core.pagination import PageArgsSchema
+from app.core.security import Principal
 from app.users.cache import USER_KIND, UserSnapshot
 from app.users.models import User
 from app.users.representation import private_user, public_user, with_email
@@ -51,18 +52,6 @@ USER_CREATE_EXAMPLE = {**USER_EXAMPLE, "password": "correct horse"}  # nosec B10
 PRIVATE = "private"  # ETag variant of the representation that includes the email
 
 
-# GET /api/users/{id} for anonymous callers, answered from the cache in one Redis round trip
-# when it holds the user (app/core/fast_reads.py); the view below answers everything else.
-FAST_READS = [
-    FastRead(
-        pattern=re.compile(f"/api/users/{UUID_PATH}"),
-        kind=USER_KIND,
-        rule="/api/users/<uuid:user_id>",
-        view=lambda data: data["public"],
-    )
-]
-
-
 def service() -> UserService:
     return UserService.from_app()
 
@@ -74,6 +63,13 @@ def respond_snapshot(snapshot: UserSnapshot, cache: Cache) -> Any:
         view = with_email(snapshot.public, snapshot.email(cache))
         return single_json(view, snapshot.version, variant=PRIVATE)
     return single_json(snapshot.public, snapshot.version)
+
+
+def public_read(data: dict[str, Any], viewer: Principal | None) -> dict[str, Any] | None:
+    """A cached user as `viewer` sees it, or None when the view must add the email."""
+    if viewer is not None and viewer.may_act_for(data["owner"]):
+        return None
+    return data["public"]
 
 
 def respond(user: User) -> Any:
@@ -98,6 +94,7 @@ class UserCollection(MethodView):
     @operation(blp, "createUser", security=[], links={201: USER_LINKS})
     @errors_doc(blp, 400, 409, 413, 415, 429)
     @blp.arguments(UserCreateSchema, example=USER_CREATE_EXAMPLE)
+    @route_limit("RATELIMIT_REGISTER")
     def post(self, data: dict[str, Any]) -> Any:
         """Register a user."""
         user = service().register(data)
@@ -117,6 +114,7 @@ class UserItem(MethodView):
     @operation(blp, "getUser", security=[*BEARER_AUTH, {}], conditional="read")
     @errors_doc(blp, 401, 404)
     @authenticated(optional=True)
+    @cached_read(USER_KIND, "user_id", public_read)  # served by the pipeline when cached
     def get(self, user_id: uuid.UUID) -> Any:
         """Get a user (the email only for the user themself and admins)."""
         users = service()

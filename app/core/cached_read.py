@@ -1,0 +1,91 @@
+"""A step of the pipeline: a GET of a cached single resource answered from the cache entry's bytes.
+
+A domain route declares, on its GET view, which cache entry represents the resource and how a
+caller sees it (`@cached_read(kind, id_arg, render)`). The pipeline then adds the entry's GET to
+its one Redis round trip (app/core/pipeline.py, step 4) and, when the entry is there and
+`render(data, principal)` gives a view, answers with `single_json` (the very function the view
+would use: same bytes, ETag, Cache-Control, Vary, 304 on a matching If-None-Match) instead of
+running the view. Everything else (the limit, its 429, and the whole finish: headers,
+compression, CORS, the access line, metrics) is the pipeline's as for any request.
+
+Nothing is served this way unless it is exact: `render` returns None for what only the view can
+answer (a caller who may see more, a draft), a miss or a tombstone goes to the view, and so does
+everything while the cache is off, down (its breaker open) or owes writes from an outage, or
+when the cache is not on the limiter's Redis (no shared round trip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Flask, Response, request
+
+from app.core.cache import Cache, RedisBackend, app_cache, cache_key, decode_entry
+from app.core.security import Principal
+
+F = TypeVar("F", bound=Callable[..., Any])
+Render = Callable[[dict[str, Any], Principal | None], dict[str, Any] | None]
+ATTR = "_cached_read"
+
+
+@dataclass(frozen=True)
+class CachedRead:
+    kind: str  # the cache kind the entries are stored under
+    id_arg: str  # the view argument holding the resource's public id
+    render: Render  # (entry data, verified principal or None) -> the view, or None: not here
+
+
+@dataclass(frozen=True)
+class Planned:
+    read: CachedRead
+    cache: Cache
+    key: str
+
+
+def cached_read(kind: str, id_arg: str, render: Render) -> Callable[[F], F]:
+    """Declare that a GET view's answer may come straight from its cache entry (see above)."""
+
+    def decorator(view: F) -> F:
+        setattr(view, ATTR, CachedRead(kind, id_arg, render))
+        return view
+
+    return decorator
+
+
+def plan(app: Flask, client: Any) -> Planned | None:
+    """The cache entry to read in the round trip for this request, or None."""
+    if request.method != "GET" or request.endpoint is None or request.view_args is None:
+        return None
+    view = app.view_functions.get(request.endpoint)
+    view_class = getattr(view, "view_class", None)
+    handler = getattr(view_class, "get", None) if view_class is not None else view
+    declared: CachedRead | None = getattr(handler, ATTR, None)
+    if declared is None or declared.id_arg not in request.view_args:
+        return None
+    cache = app_cache()
+    backend = cache.backend
+    if (
+        not isinstance(backend, RedisBackend)
+        or backend.client is not client
+        or cache.owes_writes
+        or cache.breaker.current_state != "closed"
+    ):
+        return None
+    return Planned(declared, cache, cache_key(declared.kind, request.view_args[declared.id_arg]))
+
+
+def serve(planned: Planned, raw: Any, principal: Principal | None) -> Response | None:
+    """The response from the entry's bytes, or None to let the view answer."""
+    from app.core.http import single_json  # the view's own response builder
+
+    entry = decode_entry(raw) if isinstance(raw, bytes) else None
+    if entry is None:
+        return None
+    view = planned.read.render(entry["d"], principal)
+    if view is None:
+        return None
+    planned.cache.note_read(planned.read.kind, hit=True)
+    response: Response = single_json(view, int(entry["v"]))
+    return response
