@@ -51,7 +51,7 @@ def char_class(ranges: tuple[tuple[int, int], ...]) -> str:
     def one(code: int) -> str:
         return f"\\u{code:04X}"
 
-    parts = []
+    parts: list[str] = []
     for a, b in ranges:
         if b > 0xFFFF:
             parts.extend(chr(code) for code in range(a, b + 1))
