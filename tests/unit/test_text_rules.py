@@ -141,6 +141,12 @@ def test_secrets_keep_every_printable_character() -> None:
     assert load_one("password", secret) == secret
 
 
+def test_published_patterns_hold_only_bmp_escapes() -> None:
+    """Valid in Python and ECMAScript alike, and usable by schemathesis."""
+    for field in Sample().fields.values():
+        assert all(ord(c) < 0x80 for c in field.metadata["pattern"]), field.name
+
+
 # One generator of what a field may hold: the published pattern must agree with the validator.
 SAMPLE_CHARS = [
     chr(c) for a, b in FORMAT_RANGES for c in range(a, b + 1) if c not in SURROGATES
@@ -149,11 +155,14 @@ SAMPLE_CHARS = [
 
 @pytest.mark.parametrize("field", ["name", "title", "bio", "password", "email"])
 def test_the_published_pattern_is_the_enforced_rule(field: str) -> None:
-    """Character by character; the one exception is the two joiners in names and titles, which
-    the pattern allows because whether one is needed depends on its neighbours. (An email's
-    pattern speaks of characters only: its shape is `format: email`.)"""
+    """Character by character. The exceptions: the two joiners in names and titles, which the
+    pattern allows because whether one is needed depends on its neighbours, and format characters
+    above the BMP, which patterns leave out (see `char_class`). (An email's pattern speaks of
+    characters only: its shape is `format: email`.)"""
     pattern = re.compile(Sample().fields[field].metadata["pattern"])
     contextual = {"\u200c", "\u200d"} if field in {"name", "title"} else set()
+    if field in {"name", "title", "email"}:
+        contextual |= {c for c in SAMPLE_CHARS if in_ranges(ord(c), FORMAT_RANGES) and c > "\uffff"}
     chars = SAMPLE_CHARS
     if field == "email":
         chars = [c for c in SAMPLE_CHARS if c == "a" or in_ranges(ord(c), FORMAT_RANGES)]
