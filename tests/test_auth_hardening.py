@@ -27,7 +27,13 @@ from flask_jwt_extended import create_access_token
 from app import create_app
 from app.auth.blocklist import FAMILY_PREFIX, TokenBlocklist
 from app.auth.models import RevokedToken
-from app.auth.throttle import account_throttle, email_fingerprint
+from app.auth.throttle import (
+    account_throttle,
+    email_fingerprint,
+    known_addresses,
+    password_throttle,
+    spread_throttle,
+)
 from app.core.redis_client import get_redis
 from app.core.security import passwords
 from app.extensions import db
@@ -54,7 +60,8 @@ WRONG = "not the password"
 @pytest.fixture(autouse=True)
 def _fresh_counters(app: Flask) -> None:
     """The session app's failure counters start empty (its memory store outlives a test)."""
-    account_throttle(app).reset_all()
+    for throttle in (account_throttle, spread_throttle, known_addresses, password_throttle):
+        throttle(app).reset_all()
 
 
 @pytest.fixture
@@ -109,6 +116,13 @@ def attempt(client: Any, email: str, password: str) -> Any:
     return client.post("/api/auth/login", json={"email": email, "password": password})
 
 
+def throttled(response: Any) -> tuple[int, Any]:
+    """What a client can see of a throttled login: a 429 that never says if the account exists."""
+    assert_error(response, 429, "RATE_LIMITED")
+    assert int(response.headers["Retry-After"]) >= 1
+    return response.status_code, response.get_json()
+
+
 def refusal(response: Any) -> tuple[int, Any, str | None]:
     """What a client can see of a refused login (everything but the request id)."""
     assert_error(response, 401, "UNAUTHENTICATED")
@@ -135,31 +149,37 @@ def unknown_email() -> str:
 
 
 @pytest.mark.parametrize("known", [True, False], ids=["real-email", "unknown-email"])
-def test_account_locks_after_n_failures_with_the_same_401(client, events, known):
+def test_an_address_is_throttled_after_n_failures_the_same_for_unknown_emails(
+    client, events, known
+):
     email = register(client)["email"] if known else unknown_email()
     baseline = refusal(attempt(client, unknown_email(), WRONG))  # a plain wrong login
+    stranger = unknown_email()
+    for _ in range(MAX_FAILURES):
+        attempt(client, stranger, WRONG)
+    expected = throttled(attempt(client, stranger, WRONG))  # an unknown email, throttled
 
     for _ in range(MAX_FAILURES):
         assert refusal(attempt(client, email, WRONG)) == baseline
-    # Locked: refused without checking the password, exactly like a wrong password.
-    assert refusal(attempt(client, email, WRONG)) == baseline
-    assert refusal(attempt(client, email, PASSWORD)) == baseline
-    assert refusal(attempt(client, email.upper(), PASSWORD)) == baseline  # counted per email
+    # Throttled: refused without checking the password, as for an email nobody has.
+    assert throttled(attempt(client, email, WRONG)) == expected
+    assert throttled(attempt(client, email, PASSWORD)) == expected
+    assert throttled(attempt(client, email.upper(), PASSWORD)) == expected  # counted per email
 
     fingerprint = email_fingerprint(email, client.application.config["SECRET_KEY"])[:16]
     reasons = [r.reason for r in events("login_failed") if r.email_hash == fingerprint]
-    assert reasons == ["bad_credentials"] * MAX_FAILURES + ["account_throttled"] * 3
-    (locked,) = events("account_locked")
-    assert locked.failures == MAX_FAILURES
+    assert reasons == ["bad_credentials"] * MAX_FAILURES + ["address_throttled"] * 3
+    (locked,) = [r for r in events("login_throttled") if r.email_hash == fingerprint]
+    assert (locked.scope, locked.failures) == ("address", MAX_FAILURES)
     assert locked.email_hash == fingerprint
     assert (getattr(locked, "user_id", None) is not None) is known
 
 
-def test_the_lock_is_per_account(client, make_account):
+def test_the_lock_is_per_account_and_address(client, make_account):
     locked, other = make_account(), make_account()
     for _ in range(MAX_FAILURES):
         attempt(client, locked.email, WRONG)
-    assert attempt(client, locked.email, PASSWORD).status_code == 401
+    assert attempt(client, locked.email, PASSWORD).status_code == 429
     assert login(client, other.email)["token_type"] == "Bearer"
     # Tokens issued before the lock keep working: the lock is on logging in, not on sessions.
     assert me(client, locked.tokens["access_token"]) == 200
@@ -180,10 +200,10 @@ def test_the_lock_expires(make_app, events):
     email = register(client)["email"]
     for _ in range(MAX_FAILURES):
         attempt(client, email, WRONG)
-    assert attempt(client, email, PASSWORD).status_code == 401
+    assert attempt(client, email, PASSWORD).status_code == 429
     time.sleep(1.1)
     assert login(client, email)["token_type"] == "Bearer"
-    assert len(events("account_locked")) == 1
+    assert len(events("login_throttled")) == 1
 
 
 def test_the_lock_lifts_as_the_oldest_failure_leaves_the_window(client, account, clock, events):
@@ -194,13 +214,13 @@ def test_the_lock_lifts_as_the_oldest_failure_leaves_the_window(client, account,
         attempt(client, account.email, WRONG)
         clock(1)
     clock(window / 2)
-    assert attempt(client, account.email, WRONG).status_code == 401  # locked: not counted
+    assert attempt(client, account.email, WRONG).status_code == 429  # locked: not counted
     clock(window / 2 - MAX_FAILURES - 1)  # 1 s before the first failure leaves the window
-    assert attempt(client, account.email, PASSWORD).status_code == 401
+    assert attempt(client, account.email, PASSWORD).status_code == 429
     clock(2)
     assert login(client, account.email)["token_type"] == "Bearer"
     reasons = [r.reason for r in events("login_failed")]
-    assert reasons == ["bad_credentials"] * MAX_FAILURES + ["account_throttled"] * 2
+    assert reasons == ["bad_credentials"] * MAX_FAILURES + ["address_throttled"] * 2
 
 
 def test_zero_max_failures_turns_the_lock_off(make_app):
@@ -232,7 +252,7 @@ def test_the_lock_is_shared_by_every_web_process(client, make_app):
     for _ in range(MAX_FAILURES):
         attempt(client, email, WRONG)
     other = make_app().test_client()
-    assert attempt(other, email, PASSWORD).status_code == 401
+    assert attempt(other, email, PASSWORD).status_code == 429
 
 
 def test_counter_store_down_fails_open(make_app, events):
@@ -261,13 +281,13 @@ def test_timing_does_not_tell_unknown_wrong_and_locked_apart(client, make_app):
     unlocked, locking = open_app.test_client(), lock_app.test_client()
     email = register(unlocked)["email"]  # hashed at the raised cost, as the dummy hash is
     attempt(locking, email, WRONG)  # one failure locks it in lock_app (separate counters)
-    assert attempt(locking, email, PASSWORD).status_code == 401
+    assert attempt(locking, email, PASSWORD).status_code == 429
 
     def timed(call: Callable[[], Any]) -> float:
         start = time.perf_counter()
         response = call()
         elapsed = time.perf_counter() - start
-        assert response.status_code == 401
+        assert response.status_code in (401, 429)
         return elapsed
 
     def one_hash() -> float:
@@ -476,7 +496,7 @@ def test_security_events_carry_no_secret(client, make_account, events):
     names = {r.getMessage() for r in logged}
     assert {
         "login_failed",
-        "account_locked",
+        "login_throttled",
         "refresh_token_reused",
         "revoked_token_used",
         "forbidden",

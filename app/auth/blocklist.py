@@ -92,7 +92,8 @@ class TokenBlocklist:
 
     def _write_mirrors(self, items: dict[str, datetime]) -> bool:
         """SET each key with the token's remaining lifetime; False if Redis failed or is off."""
-        assert self.redis is not None
+        if self.redis is None:  # a call out of order: a bug, never a client's doing
+            raise RuntimeError("redis is not set")
         now = datetime.now(UTC)
         ttls = {key: max(1, int((exp - now).total_seconds()) + 1) for key, exp in items.items()}
         if skip_redis(self.breaker):
@@ -116,7 +117,8 @@ class TokenBlocklist:
 
     def _settle_owed(self) -> bool:
         """Write the mirrors this process owes this Redis; True once none is left."""
-        assert self.redis is not None
+        if self.redis is None:  # a call out of order: a bug, never a client's doing
+            raise RuntimeError("redis is not set")
         store = _store_of(self.redis)
         with _owed_lock:
             now = datetime.now(UTC)

@@ -24,7 +24,7 @@ from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 
 from app.auth.blocklist import KEY_PREFIX, TokenBlocklist, family_key
-from app.auth.service import AuthService, family_of
+from app.auth.service import AuthService, check_claims, family_of, outlived_cutoff
 from app.core.audit import security_event
 from app.core.cache import app_cache, cache_key, decode_entry
 from app.core.errors import Unauthenticated
@@ -32,7 +32,7 @@ from app.core.pipeline import identify_with
 from app.core.redis_client import get_redis
 from app.core.security import ADMIN_SCOPE, CurrentUser, Principal
 from app.extensions import db
-from app.users.cache import USER_KIND, snapshot
+from app.users.cache import USER_KIND, UserSnapshot, snapshot
 from app.users.service import UserService
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,7 +70,8 @@ class TokenCaller:
         self.subject: str | None = str(self.claims["sub"]) if self.claims else None
 
     def _keys(self) -> list[str]:
-        assert self.claims is not None
+        if self.claims is None:  # a call out of order: a bug, never a client's doing
+            raise RuntimeError("claims is not set")
         family = family_of(self.claims)
         jti = str(self.claims.get("jti", ""))
         return [jti] if family is None else [jti, family_key(family)]
@@ -119,8 +120,10 @@ class TokenCaller:
         if self.token is None:
             return None
         self.verify()
-        assert self.claims is not None
-        assert self.user is not None
+        if self.claims is None:  # a call out of order: a bug, never a client's doing
+            raise RuntimeError("claims is not set")
+        if self.user is None:  # a call out of order: a bug, never a client's doing
+            raise RuntimeError("user is not set")
         user = self.user
         raw_scopes = self.claims.get("scope")
         token_scopes = (
@@ -143,13 +146,18 @@ class TokenCaller:
             public_id = uuid.UUID(str(self.subject))
         except ValueError:
             return None
+        state: UserSnapshot | None = None
         if self.user_entry is not _UNREAD:
             entry = decode_entry(self.user_entry)
             if entry is not None:  # read in the round trip: the domain's own snapshot of it
                 app_cache().note_read(USER_KIND, hit=True)
-                cached = snapshot(entry["d"], entry["v"])
-                return CurrentUser(cached.owner_id, public_id, cached.is_admin)
-        return UserService.from_app().current_user(public_id)
+                state = snapshot(entry["d"], entry["v"])
+        if state is None:
+            state = UserService.from_app().token_state(public_id)
+            if state is None:
+                return None
+        _check_cutoff(self.claims, state)
+        return CurrentUser(state.owner_id, public_id, state.is_admin)
 
 
 VERIFIED_TOKENS = 4096  # tokens whose signature this process has checked, remembered
@@ -172,6 +180,7 @@ def verified_claims(token: str) -> dict[str, Any]:
         memo.pop(token, None)
         raise pyjwt.ExpiredSignatureError("Signature has expired")
     claims = decode_token(token)
+    check_claims(token)  # required claims and their shapes: the decoder checks only some
     if "exp" in claims:  # only tokens that expire are remembered
         if len(memo) >= VERIFIED_TOKENS:
             memo.clear()  # simple bound: a burst of new tokens costs one decode each again
@@ -251,6 +260,14 @@ def require_principal() -> Principal:
     if principal is None:  # only reachable if a view forgot @authenticated
         raise RuntimeError("view needs @authenticated")
     return principal
+
+
+def _check_cutoff(claims: dict[str, Any] | None, state: UserSnapshot) -> None:
+    """A password change since this token's login ended it (every login but the changer's)."""
+    if claims is not None and outlived_cutoff(
+        claims, state.tokens_cutoff_ms, state.tokens_kept_family
+    ):
+        raise Unauthenticated("The token was ended by a password change.")
 
 
 def _revoked(claims: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from app.auth.schemas import LoginSchema, TokenEnvelopeSchema
 from app.auth.service import AuthService
 from app.core.api import ApiBlueprint, errors_doc, operation
 from app.core.http_security import sensitive
-from app.core.limiting import route_limit
+from app.core.limiting import client_ip, route_limit
 
 # An OpenAPI example, not a credential.
 LOGIN_EXAMPLE = {"email": "ada@example.com", "password": "correct horse"}  # nosec B105
@@ -40,7 +40,8 @@ class Login(MethodView):
     @route_limit("RATELIMIT_LOGIN")
     def post(self, data: dict[str, Any]) -> Any:
         """Exchange email and password for an access and a refresh token."""
-        return {"data": asdict(service().login(data["email"], data["password"]))}
+        tokens = service().login(data["email"], data["password"], client_ip())
+        return {"data": asdict(tokens)}
 
 
 @blp.route("/refresh")

@@ -10,20 +10,29 @@ Logout revokes the access token it is called with and its family.
 from __future__ import annotations
 
 import re
+import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jwt
 from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.blocklist import TokenBlocklist
-from app.auth.throttle import AccountThrottle, account_throttle, email_fingerprint
+from app.auth.throttle import (
+    AccountThrottle,
+    account_throttle,
+    email_fingerprint,
+    known_addresses,
+    spread_throttle,
+)
 from app.core.audit import security_event
-from app.core.errors import Unauthenticated
+from app.core.errors import RateLimited, Unauthenticated
 from app.core.redis_client import get_redis
 from app.core.security import ADMIN_SCOPE, CurrentUser, passwords
 from app.core.text import normalise_email
@@ -32,6 +41,7 @@ from app.users.models import User
 from app.users.repository import UserRepository
 
 BAD_CREDENTIALS = "Invalid email or password."
+THROTTLED = "Too many failed logins for this account from here: try again later."
 TOKEN_REVOKED = "The token has been revoked."  # noqa: S105  # nosec B105 # a message
 FAMILY_CLAIM = "fam"
 _FAMILY_RE = re.compile(r"[0-9a-f]{32}")
@@ -51,7 +61,63 @@ def scopes_for(user: User | CurrentUser) -> list[str]:
 
 
 def new_family() -> str:
-    return uuid.uuid4().hex
+    """A UUIDv7 in hex: its first 48 bits are the login's time in milliseconds, so a password
+    change can tell the logins made before it from those made after, finer than `iat`'s seconds."""
+    value = (int(time.time() * 1000) & (2**48 - 1)) << 80
+    value |= 0x7 << 76 | secrets.randbits(12) << 64 | 0b10 << 62 | secrets.randbits(62)
+    return f"{value:032x}"
+
+
+def family_started_ms(family: str | None) -> int | None:
+    """When a family's login happened (ms), or None for a family id that carries no time."""
+    if family is None or family[12] != "7":  # only UUIDv7 ids carry a time
+        return None
+    return int(family[:12], 16)
+
+
+def outlived_cutoff(claims: dict[str, Any], cutoff_ms: int | None, kept: str | None) -> bool:
+    """True when a password change at `cutoff_ms` ended this token's login: every login but the
+    one that made the change (`kept`) and those started after it. A token without a timed family
+    is judged by `iat` (whole seconds): one issued in the change's second is ended too."""
+    if cutoff_ms is None:
+        return False
+    family = family_of(claims)
+    if family is not None and family == kept:
+        return False
+    started = family_started_ms(family)
+    if started is not None:
+        return started <= cutoff_ms
+    return int(claims["iat"]) <= cutoff_ms // 1000
+
+
+_TOKEN_TYPES = ("access", "refresh")
+
+
+def check_claims(token: str) -> None:
+    """Raise ValueError unless the token has exactly what the contract allows: `sub` (a user
+    uuid), `iat`, `exp`, `jti`, `type`, a `JWT` typ header when any. The signature, `exp` and
+    `nbf` were checked by the decoder; this reads the raw claims (the decoder fills defaults)."""
+    header = jwt.get_unverified_header(token)
+    if header.get("typ", "JWT") != "JWT":
+        raise ValueError("typ")
+    raw = jwt.decode(token, options={"verify_signature": False})
+    for name in ("sub", "iat", "exp", "jti", "type"):
+        if name not in raw:
+            raise ValueError(f"missing {name}")
+    if not isinstance(raw["sub"], str) or str(uuid.UUID(raw["sub"])) != raw["sub"].lower():
+        raise ValueError("sub")
+    for name in ("iat", "exp", "nbf"):
+        if name in raw and (isinstance(raw[name], bool) or not isinstance(raw[name], int | float)):
+            raise ValueError(name)
+    if raw["iat"] > time.time() + 60:  # issued in the future: not by us (a minute of clock skew)
+        raise ValueError("iat")
+    if raw["type"] not in _TOKEN_TYPES or not isinstance(raw["jti"], str) or not raw["jti"]:
+        raise ValueError("type/jti")
+    scope = raw.get("scope", [])
+    if not isinstance(scope, list) or not all(isinstance(s, str) for s in scope):
+        raise ValueError("scope")
+    if FAMILY_CLAIM in raw and family_of(raw) is None:
+        raise ValueError(FAMILY_CLAIM)
 
 
 def family_of(claims: dict[str, Any]) -> str | None:
@@ -68,6 +134,8 @@ class AuthService:
         *,
         blocklist: TokenBlocklist,
         throttle: AccountThrottle,
+        spread: AccountThrottle,
+        known: AccountThrottle,
         access_ttl: int,
         refresh_ttl: int,
         email_secret: str,
@@ -75,7 +143,9 @@ class AuthService:
         self.session = session
         self.users = UserRepository(session)
         self.blocklist = blocklist
-        self.throttle = throttle
+        self.throttle = throttle  # failed logins per (email, address)
+        self.spread = spread  # failed logins per email, from anywhere
+        self.known = known  # addresses that logged in to an email before
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
         self.email_secret = email_secret
@@ -91,40 +161,71 @@ class AuthService:
             db.session(),
             blocklist=TokenBlocklist(db.session(), get_redis(config["REDIS_URL"])),
             throttle=account_throttle(),
+            spread=spread_throttle(),
+            known=known_addresses(),
             access_ttl=int(config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()),
             refresh_ttl=int(config["JWT_REFRESH_TOKEN_EXPIRES"].total_seconds()),
             email_secret=config["SECRET_KEY"],
         )
 
-    def login(self, email: str, password: str) -> TokenPair:
-        """One answer for every failure (unknown email, wrong password, locked account), each
-        after exactly one password hash's work, so neither the answer nor its timing tells them
-        apart."""
+    def login(self, email: str, password: str, address: str = "unknown") -> TokenPair:
+        """One answer for every failure (unknown email, wrong password), each after exactly one
+        password hash's work, so neither the answer nor its timing tells them apart. Failures
+        are counted per (email, address) and per email (app/auth/throttle.py): a throttled
+        attempt is a 429 whose password is never checked, whether or not the account exists."""
         email = normalise_email(email)  # the form registration stored (fullwidth letters as ASCII)
         account = email_fingerprint(email, self.email_secret)
+        pair = f"{account}:{address}"
         user = self.users.get_by_email(email)
         who: dict[str, str] = {"email_hash": account[:EMAIL_HASH_CHARS]}
         if user is not None:
             who["user_id"] = str(user.public_id)
-        if self.throttle.is_locked(account):
-            # Refused without checking the password, but after the same work as checking it.
-            passwords.verify(None, password)
-            security_event("login_failed", reason="account_throttled", **who)
-            raise Unauthenticated(BAD_CREDENTIALS)
+        refused = self._throttled(account, pair)
+        if refused is not None:
+            passwords.verify(None, password)  # the same work as checking it
+            security_event("login_failed", reason=refused, **who)
+            limiter = self.throttle if refused == "address_throttled" else self.spread
+            wait = limiter.retry_after(pair if limiter is self.throttle else account)
+            raise RateLimited(THROTTLED, headers={"Retry-After": str(wait)})
         # Verify against a dummy hash for unknown emails: same work, same answer, no enumeration.
         valid = passwords.verify(user.password_hash if user else None, password)
         if user is None or not valid:
             security_event("login_failed", reason="bad_credentials", **who)
-            if self.throttle.record_failure(account):
-                security_event(
-                    "account_locked",
-                    failures=self.throttle.max_failures,
-                    window_seconds=self.throttle.window_seconds,
-                    **who,
-                )
+            self._count_failure(account, pair, who)
             raise Unauthenticated(BAD_CREDENTIALS)
-        self.throttle.reset(account)  # a successful login starts the count afresh
+        self.throttle.reset(pair)  # a successful login starts this address's count afresh
+        self.known.hit(pair)  # and lets it in while the email is under a spread attack
         return self._issue(user, new_family())
+
+    def _throttled(self, account: str, pair: str) -> str | None:
+        """Why this attempt is refused unchecked, or None: this address used up its failures
+        for the email, or the email did from everywhere and this address never logged in."""
+        if self.throttle.is_locked(pair):
+            return "address_throttled"
+        if self.spread.is_locked(account) and not self.known.is_locked(pair):
+            return "account_throttled"
+        return None
+
+    def _count_failure(self, account: str, pair: str, who: dict[str, str]) -> None:
+        """Count a failed login; tell the account's owner (a security event) when a limit is
+        reached."""
+        window = {"window_seconds": self.throttle.window_seconds}
+        if self.throttle.record_failure(pair):
+            security_event(
+                "login_throttled",
+                scope="address",
+                failures=self.throttle.max_failures,
+                **window,
+                **who,
+            )
+        if self.spread.record_failure(account):
+            security_event(
+                "login_throttled",
+                scope="account",
+                failures=self.spread.max_failures,
+                **window,
+                **who,
+            )
 
     # Refresh, reuse, logout --------------------------------------------------------------------
 

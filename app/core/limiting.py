@@ -200,7 +200,8 @@ class RateLimiter:
     def _execute(
         self, args: tuple[tuple[str, str], int, int, int] | None, reads: list[tuple[Any, ...]]
     ) -> list[Any]:
-        assert self.client is not None
+        if self.client is None:  # a call out of order: a bug, never a client's doing
+            raise RuntimeError("client is not set")
         pipe = self.client.pipeline(transaction=False)
         if args is not None:
             if self._sha is None:

@@ -13,6 +13,7 @@ from the defaults below.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -103,11 +104,9 @@ class ProbeWhenOpen(pybreaker.CircuitBreakerListener):
 
     def _try(self, cb: pybreaker.CircuitBreaker) -> None:
         scheduled = self._scheduled
-        try:
-            with cb.calling():
-                self.probe()
-        except Exception:  # noqa: S110 - still down: the breaker reopened and rescheduled
-            pass
+        # Still down: the breaker reopened (and the listener rescheduled this probe).
+        with contextlib.suppress(Exception), cb.calling():
+            self.probe()
         if cb.current_state == pybreaker.STATE_OPEN and self._scheduled == scheduled:
             self._schedule(cb)  # the timer fired before the breaker would allow a trial
 

@@ -142,9 +142,12 @@ class Settings:
         flask="JWT_REFRESH_TOKEN_EXPIRES",
         export=_seconds,
     )
-    # Per-account login lock: this many failures for one email within the window lock it (0 = off).
+    # Login throttle (app/auth/throttle.py): failures per (email, address), per email (0 = off).
     login_account_max_failures: int = setting("LOGIN_ACCOUNT_MAX_FAILURES", 5, at_least(0))
     login_account_window_seconds: int = setting("LOGIN_ACCOUNT_WINDOW_SECONDS", 900, at_least(1))
+    login_account_spread_max_failures: int = setting(
+        "LOGIN_ACCOUNT_SPREAD_MAX_FAILURES", 50, at_least(0)
+    )
 
     # Database: a SQLite file under instance/ unless DATABASE_URL names a server.
     database_url: str = setting(

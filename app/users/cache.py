@@ -30,6 +30,8 @@ class UserSnapshot:
     public: dict[str, Any]
     sealed_email: str
     is_admin: bool
+    tokens_cutoff_ms: int | None = None  # the last password change: logins before it ended
+    tokens_kept_family: str | None = None  # ... all but this one
 
     def email(self, cache: Cache) -> str:
         return cache.unseal(self.sealed_email)
@@ -38,16 +40,22 @@ class UserSnapshot:
 def entry_data(user: User, cache: Cache) -> dict[str, Any]:
     """What the cache holds for a user: the served representation, never the email in the
     clear, never the hash."""
-    return {
+    data = {
         "owner": user.id,
         "admin": user.is_admin,
         "public": public_user(user),
         "email": cache.seal(user.email),
     }
+    if user.tokens_cutoff_ms is not None:  # read on every authenticated request (the guard)
+        data["cut"] = [user.tokens_cutoff_ms, user.tokens_kept_family]
+    return data
 
 
 def snapshot(data: dict[str, Any], version: int) -> UserSnapshot:
-    return UserSnapshot(data["owner"], version, data["public"], data["email"], data["admin"])
+    cutoff, kept = data.get("cut") or (None, None)
+    return UserSnapshot(
+        data["owner"], version, data["public"], data["email"], data["admin"], cutoff, kept
+    )
 
 
 def read(cache: Cache, public_id: uuid.UUID) -> UserSnapshot | None:

@@ -22,6 +22,10 @@ class User(PublicEntityMixin, Base):
     display_name: Mapped[str] = mapped_column(sa.String(DISPLAY_NAME_MAX), default="")
     bio: Mapped[str] = mapped_column(sa.Text, default="")
     is_admin: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    # The last password change ended every login started before it (ms since the epoch)
+    # except the one that made it (its token family): app/auth/service.py outlived_cutoff.
+    tokens_cutoff_ms: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
+    tokens_kept_family: Mapped[str | None] = mapped_column(sa.String(32), default=None)
 
     __table_args__ = (
         # Unique among live rows only, case-insensitively: a deleted user's email is free again.

@@ -8,13 +8,20 @@ from typing import Any
 from flask import url_for
 from flask.views import MethodView
 
-from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
+from app.auth.guard import (
+    BEARER_AUTH,
+    authenticated,
+    current_claims,
+    current_principal,
+    require_principal,
+)
+from app.auth.service import family_of
 from app.core.api import ApiBlueprint, errors_doc, link, operation
 from app.core.cache import Cache
 from app.core.cached_read import cached_read
 from app.core.http import if_match, listing_json, page_params, single_json
 from app.core.idempotency import idempotent
-from app.core.limiting import route_limit
+from app.core.limiting import client_ip, route_limit
 from app.core.pagination import PageArgsSchema
 from app.core.security import Principal
 from app.users.cache import USER_KIND, UserSnapshot
@@ -31,7 +38,7 @@ from app.users.service import UserService
 
 blp = ApiBlueprint("users", __name__, url_prefix="/api", description="Users.")
 
-WRITE_ERRORS = (400, 401, 403, 404, 409, 412, 413, 415)
+WRITE_ERRORS = (400, 401, 403, 404, 409, 412, 413, 415, 429)
 USER_ID = "$response.body#/data/id"
 USER_LINKS = {
     "GetUser": link("getUser", user_id=USER_ID),
@@ -108,6 +115,19 @@ def respond_created(user: User) -> Any:
     )
 
 
+def update_user(user_id: uuid.UUID, data: dict[str, Any]) -> User:
+    """PUT/PATCH: the caller's login survives its own password change; email changes are
+    counted per client address too."""
+    return service().update(
+        user_id,
+        data,
+        actor=require_principal(),
+        if_match=if_match(),
+        family=family_of(current_claims()),
+        address=client_ip(),
+    )
+
+
 @blp.route("/users/<uuid:user_id>")
 class UserItem(MethodView):
     @blp.response(200, UserEnvelopeSchema)
@@ -129,7 +149,7 @@ class UserItem(MethodView):
     @blp.arguments(UserPutSchema, example=USER_EXAMPLE)
     def put(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
         """Replace a user's profile (every mutable field required)."""
-        user = service().update(user_id, data, actor=require_principal(), if_match=if_match())
+        user = update_user(user_id, data)
         return respond(user)
 
     @blp.response(200, UserEnvelopeSchema)
@@ -139,7 +159,7 @@ class UserItem(MethodView):
     @blp.arguments(UserPatchSchema, example={"display_name": "Countess of Lovelace"})
     def patch(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
         """Change some of a user's fields."""
-        user = service().update(user_id, data, actor=require_principal(), if_match=if_match())
+        user = update_user(user_id, data)
         return respond(user)
 
     @blp.response(204)

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.auth.throttle import email_change_throttle, password_throttle
+from app.core.audit import security_event
 from app.core.cache import Cache, app_cache
 from app.core.conditional import check_version
 from app.core.db import utcnow
-from app.core.errors import Conflict, Forbidden, NotFound
+from app.core.errors import Conflict, Forbidden, NotFound, RateLimited
 from app.core.http import cursor_codec
 from app.core.pagination import CursorCodec, Page, PageParams
-from app.core.security import CurrentUser, Principal, passwords
+from app.core.security import Principal, passwords
 from app.core.text import normalise_email
 from app.core.uow import UnitOfWork
 from app.extensions import db
@@ -51,13 +54,13 @@ class UserService:
         cached = user_cache.read(self.cache, public_id)
         return cached if cached is not None else user_cache.fill(self.cache, self.get(public_id))
 
-    def current_user(self, public_id: uuid.UUID) -> CurrentUser | None:
-        """The token's user, from its current (cached) state; None when gone (token refused)."""
+    def token_state(self, public_id: uuid.UUID) -> UserSnapshot | None:
+        """The token's user, in its current (cached) state, with the cut-off of its last
+        password change; None when gone (token refused)."""
         try:
-            snapshot = self.read(public_id)
+            return self.read(public_id)
         except NotFound:
             return None
-        return CurrentUser(snapshot.owner_id, public_id, snapshot.is_admin)
 
     def refresh_cache(self, public_id: uuid.UUID) -> bool:
         """Write-through: store the current state (a no-op when the cache holds a newer one)."""
@@ -117,8 +120,13 @@ class UserService:
         *,
         actor: Principal,
         if_match: Collection[int] | None = None,
+        family: str | None = None,
+        address: str = "unknown",
     ) -> User:
-        """Apply PUT (all profile fields) or PATCH (some) changes; a no-op writes nothing."""
+        """Apply PUT (all profile fields) or PATCH (some) changes; a no-op writes nothing.
+
+        A new password ends every login of the user but `family` (the actor's own login, when
+        the actor is the user): their tokens are refused from then on (app/auth/guard.py)."""
         user = self.get(public_id)
         if not actor.may_act_for(user.id):
             raise Forbidden("You may only change your own account.")
@@ -134,6 +142,8 @@ class UserService:
             self._check_password_change(user, actor, current_password)
         if not values and new_password is None:
             return user
+        if "email" in values:  # before the uniqueness check: it answers whether one is taken
+            _count_email_change(user, address)
         self._ensure_free(
             email=values.get("email"), username=values.get("username"), exclude_id=user.id
         )
@@ -142,6 +152,8 @@ class UserService:
                 setattr(user, key, value)
             if new_password is not None:
                 user.password_hash = passwords.hash(new_password)
+                user.tokens_cutoff_ms = int(time.time() * 1000)
+                user.tokens_kept_family = family if actor.owns(user.id) else None
             user.updated_at = utcnow()
             user.version += 1
             uow.record(
@@ -151,6 +163,13 @@ class UserService:
                 version=user.version,
                 values=values,
                 secret_fields=("password",) if new_password is not None else (),
+            )
+        if new_password is not None:
+            security_event(
+                "password_changed",
+                user_id=str(user.public_id),
+                actor_id=str(actor.public_id),
+                other_logins_ended=True,
             )
         return user
 
@@ -202,9 +221,35 @@ class UserService:
         # An admin may reset anyone's password; users prove they know their current one.
         if actor.is_admin and not actor.owns(user.id):
             return
+        # Guesses are limited like logins: a stolen access token must not buy a password.
+        guesses = password_throttle()
+        key = str(user.public_id)
+        if guesses.is_locked(key):
+            security_event("password_change_throttled", user_id=key)
+            raise RateLimited(
+                "Too many wrong current passwords: try again later.",
+                headers={"Retry-After": str(guesses.retry_after(key))},
+            )
         # 403, not 400: the body is well-formed; what is missing is proof of who is asking.
         if current_password is None or not passwords.verify(user.password_hash, current_password):
+            security_event("password_change_failed", user_id=key)
+            if current_password is not None:
+                guesses.record_failure(key)
             raise Forbidden(
                 "The current password is required to set a new one.",
                 details=[{"field": "current_password", "message": "Missing or incorrect."}],
+            )
+        guesses.reset(key)
+
+
+def _count_email_change(user: User, address: str) -> None:
+    """Email changes are limited like registrations, per user and per client address: each
+    answers whether an email is taken (429 beyond the RATELIMIT_REGISTER rate)."""
+    changes = email_change_throttle()
+    for key in (f"user:{user.public_id}", f"ip:{address}"):
+        if not changes.hit(key):
+            security_event("email_change_throttled", user_id=str(user.public_id))
+            raise RateLimited(
+                "Too many email changes: try again later.",
+                headers={"Retry-After": str(changes.retry_after(key))},
             )
