@@ -63,8 +63,13 @@ def raw_entry(kind: str, public_id: object, *, redis_url: str | None = REDIS_URL
 
 
 def entry(kind: str, public_id: object, *, redis_url: str | None = REDIS_URL) -> dict | None:
+    """The stored entry, its MAC aside (tests/api/test_cache_integrity.py covers the MAC)."""
     raw = raw_entry(kind, public_id, redis_url=redis_url)
-    return json.loads(raw) if raw is not None else None
+    if raw is None:
+        return None
+    stored = json.loads(raw)
+    assert isinstance(stored.pop("m", None), str), "every entry carries its MAC"
+    return stored
 
 
 def cache_keys() -> set[str]:
@@ -126,7 +131,7 @@ def other(make_account: Any) -> Account:
 
 
 def test_get_fills_the_cache_and_the_second_get_runs_no_sql(app, client, account) -> None:
-    assert cache_key(USER_KIND, account.id) == f"postboard:cache:v2:user:{account.id}"
+    assert cache_key(USER_KIND, account.id) == f"postboard:cache:v3:user:{account.id}"
     assert entry(USER_KIND, account.id) is None  # registering does not fill (no worker here)
 
     with sql_statements(app) as first_sql:

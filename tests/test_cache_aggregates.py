@@ -120,7 +120,7 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 def test_the_total_is_served_from_the_cache_until_a_write(app, client, account) -> None:
     assert cache_key(USER_POSTS_GEN, account.id) == (
-        f"postboard:cache:v2:user_posts_gen:{account.id}"
+        f"postboard:cache:v3:user_posts_gen:{account.id}"
     )
     account.post_as("one", status="published")
     account.post_as("two", status="published")

@@ -29,6 +29,7 @@ from flask import Flask
 
 from app import create_app
 from app.core.context import request_id_var
+from app.core.events import Event
 from app.extensions import db
 from app.posts.cache import POST_KIND
 from app.posts.models import Post
@@ -181,6 +182,20 @@ def _logged(worker: Worker, request_id: str, text: str) -> Callable[[], list[dic
     return check
 
 
+def _server_request_id(flask_app: Flask, public_id: str) -> str:
+    """The server's id of the request behind the aggregate's latest event (its request_id)."""
+    with flask_app.app_context():
+        request_id = db.session.scalars(
+            sa.select(Event.request_id)
+            .where(Event.aggregate_id == uuid.UUID(public_id))
+            .order_by(Event.id.desc())
+            .limit(1)
+        ).one()
+        db.session.remove()
+    assert request_id
+    return request_id
+
+
 # 6. Write-through and warming by a real worker -------------------------------------------------
 
 
@@ -202,11 +217,15 @@ def test_a_write_is_written_through_by_the_worker_with_its_request_id(
     # Nobody reads through the API here: only the worker can turn the tombstone into a value.
     stored = wait_for("the worker to write v2 through", _refreshed(USER_KIND, user["id"], 2))
     assert stored["d"]["public"]["display_name"] == "Through the worker"
+    # The task logs under the server's id of the PATCH (its event's), the client's beside it.
+    server_id = _server_request_id(producer, user["id"])
+    assert server_id != request_id
     done = wait_for(
         "the task's log line with the PATCH's request id",
-        _logged(worker, request_id, "cache.refresh_user"),
+        _logged(worker, server_id, "cache.refresh_user"),
     )
     assert any("succeeded" in line["event"] for line in done), done
+    assert {line.get("client_request_id") for line in done} == {request_id}
 
     post = web.post(
         f"/api/users/{user['id']}/posts",
@@ -226,7 +245,8 @@ def test_a_write_is_written_through_by_the_worker_with_its_request_id(
     )
     stored = wait_for("the worker to write the post through", _refreshed(POST_KIND, post_id, 2))
     assert stored["d"]["public"]["title"] == "two"
-    wait_for("the post task's log line", _logged(worker, post_request_id, "cache.refresh_post"))
+    post_server_id = _server_request_id(producer, post_id)
+    wait_for("the post task's log line", _logged(worker, post_server_id, "cache.refresh_post"))
     # And the API serves what the worker wrote.
     assert web.get(f"/api/posts/{post_id}").json["data"]["title"] == "two"
 

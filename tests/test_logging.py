@@ -339,11 +339,11 @@ def test_no_password_token_or_secret_reaches_the_log(
         assert "?" not in line["path"]
         assert isinstance(line["status"], int)
         assert isinstance(line["duration_ms"], int | float)
-    me_line = next(line for line in access_lines if line["request_id"] == me_request_id)
+    me_line = next(x for x in access_lines if x.get("client_request_id") == me_request_id)
     assert me_line["method"] == "GET"
     assert (me_line["path"], me_line["route"], me_line["status"]) == ("/api/me", "/api/me", 200)
     assert me_line.get("user_id") == user_id, "the access line names the authenticated user"
-    query_line = next(line for line in access_lines if line["request_id"] == query_request_id)
+    query_line = next(x for x in access_lines if x.get("client_request_id") == query_request_id)
     assert query_line["path"] == "/api/posts"  # never the query string
     security = [line for line in lines if line["logger"] == "app.security"]
     assert {"login_failed", "revoked_token_used"} <= {line["event"] for line in security}
@@ -391,7 +391,7 @@ def test_gunicorn_writes_only_json_lines_and_no_secret(app: Flask, tmp_path: Pat
     created = [
         line
         for line in lines
-        if line["logger"] == "app.access" and line.get("request_id") == request_id
+        if line["logger"] == "app.access" and line.get("client_request_id") == request_id
     ]
     assert [(line["method"], line["route"], line["status"]) for line in created] == [
         ("POST", "/api/users", 201)

@@ -26,7 +26,7 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 from app.auth.blocklist import KEY_PREFIX, TokenBlocklist, family_key
 from app.auth.service import AuthService, check_claims, family_of, outlived_cutoff
 from app.core.audit import security_event
-from app.core.cache import app_cache, cache_key, decode_entry
+from app.core.cache import app_cache, cache_key
 from app.core.errors import Unauthenticated
 from app.core.pipeline import identify_with
 from app.core.redis_client import get_redis
@@ -148,9 +148,10 @@ class TokenCaller:
             return None
         state: UserSnapshot | None = None
         if self.user_entry is not _UNREAD:
-            entry = decode_entry(self.user_entry)
+            cache = app_cache()  # decode verifies the entry's MAC: a forged one is a miss
+            entry = cache.decode(cache_key(USER_KIND, self.subject), self.user_entry)
             if entry is not None:  # read in the round trip: the domain's own snapshot of it
-                app_cache().note_read(USER_KIND, hit=True)
+                cache.note_read(USER_KIND, hit=True)
                 state = snapshot(entry["d"], entry["v"])
         if state is None:
             state = UserService.from_app().token_state(public_id)

@@ -26,13 +26,16 @@ snapshot older than a write either is refused or is stored under a generation th
 has already replaced. An absent generation starts at a random 52-bit number (when a reader
 needs one), never at 0: a key that expires or is evicted can never come back with a value an old
 entry was stored under; so a bump of an absent generation has nothing to do.
+
+Every entry (value, tombstone, count) carries a MAC (app/core/cache_integrity.py): entries decide
+who may do what (a user's `owner`/`admin`, a post's `author`/`status`), so one with a bad or
+missing MAC is a miss and a `cache_entry_tampered` security event, never a right.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import secrets
 import threading
@@ -46,6 +49,7 @@ import redis
 from cryptography.fernet import Fernet
 
 from app.core.cache_backends import PREFIX, STATS_KEY, Backend, DiskBackend, RedisBackend
+from app.core.cache_integrity import mac_key, signed, verified
 from app.core.metrics import record_cache_read
 from app.core.redis_client import skip_redis
 
@@ -56,7 +60,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "v2"  # bump when a cached shape changes: a deploy never reads an old shape
+SCHEMA = "v3"  # bump when a cached shape changes: a deploy never reads an old shape (v3: MACs)
 # How often owed tombstones and bumps are retried in the background (each try goes through the
 # breaker, so while it is open a try costs nothing and its probe paces real attempts).
 REPLAY_INTERVAL_SECONDS = 0.5
@@ -70,12 +74,6 @@ def fresh_generation() -> str:
 
 def cache_key(kind: str, public_id: object) -> str:
     return f"{PREFIX}:{SCHEMA}:{kind}:{public_id}"
-
-
-def decode_entry(raw: bytes | None) -> dict[str, Any] | None:
-    """A stored entry `{"v": version, "d": data}`, or None for nothing or a tombstone."""
-    entry = json.loads(raw) if raw else None
-    return entry if entry is not None and "d" in entry else None
 
 
 class Cache:
@@ -93,6 +91,7 @@ class Cache:
         aggregate_ttl: int | None = None,
     ) -> None:
         self.backend = backend
+        self._mac_key = mac_key(secret)
         key = hashlib.sha256(b"cache-seal:" + secret.encode()).digest()
         self._box = Fernet(base64.urlsafe_b64encode(key))
         self.ttl = ttl
@@ -124,6 +123,18 @@ class Cache:
     def unseal(self, token: str) -> str:
         return self._box.decrypt(token.encode()).decode()
 
+    def decode(self, key: str, raw: object) -> dict[str, Any] | None:
+        """The entry `{"v": version, "d": data}` stored under `key` as `raw` (bytes read from the
+        backend, here or in the pipeline's round trip); None for nothing, a tombstone, or an
+        entry whose MAC is bad or missing (a miss: the database answers)."""
+        if not isinstance(raw, bytes) or not raw:
+            return None
+        entry = verified(self._mac_key, key, raw)
+        return entry if entry is not None and "d" in entry and "v" in entry else None
+
+    def _sign(self, key: str, entry: dict[str, Any]) -> bytes:
+        return signed(self._mac_key, key, entry)
+
     def _call(self, fn: Any, *args: Any) -> Any:
         if skip_redis(self.breaker):
             return None  # open: the breaker's background probe finds out when Redis is back
@@ -148,7 +159,8 @@ class Cache:
             return None
         if self.owes_writes and not self._flush_pending():
             return None  # still down: the database answers
-        entry = decode_entry(self._call(self.backend.get, cache_key(kind, public_id)))
+        key = cache_key(kind, public_id)
+        entry = self.decode(key, self._call(self.backend.get, key))
         self.note_read(kind, hit=entry is not None)
         return entry
 
@@ -164,9 +176,10 @@ class Cache:
     def fill_many(self, kind: str, entries: Iterable[tuple[object, int, dict[str, Any]]]) -> None:
         if self.backend is None:
             return
+        keys = ((cache_key(kind, pid), version, data) for pid, version, data in entries)
         items = [
-            (cache_key(kind, pid), json.dumps({"v": version, "d": data}).encode(), version)
-            for pid, version, data in entries
+            (key, self._sign(key, {"v": version, "d": data}), version)
+            for key, version, data in keys
         ]
         if items:
             self._call(self.backend.put_if_newer, items, self.ttl)
@@ -175,10 +188,8 @@ class Cache:
         """Tombstone each `(public id, new version)`: older states can no longer be cached."""
         if self.backend is None:
             return
-        items = [
-            (cache_key(kind, pid), json.dumps({"v": version}).encode(), version)
-            for pid, version in entries
-        ]
+        keys = ((cache_key(kind, pid), version) for pid, version in entries)
+        items = [(key, self._sign(key, {"v": version}), version) for key, version in keys]
         if items and not self._call(self.backend.put_if_newer, items, self.ttl):
             with self._lock:
                 for key, payload, version in items:
@@ -234,15 +245,16 @@ class Cache:
             return None, None
         if self.owes_writes and not self._flush_pending():
             return None, None
+        entry_key = cache_key(kind, f"{owner}:{part}")
         got = self._call(
             self.backend.read_generation,
             cache_key(gen_kind, owner),
-            cache_key(kind, f"{owner}:{part}"),
+            entry_key,
             fresh_generation(),
             self._gen_ttl,
         )
         generation, raw = got if got is not None else (None, None)
-        entry = json.loads(raw) if raw else None
+        entry = verified(self._mac_key, entry_key, raw) if raw else None
         if entry is None or generation is None or entry.get("g") != generation.decode():
             self._count(miss=True)
             record_cache_read(kind, hit=False)
@@ -278,10 +290,8 @@ class Cache:
         if self.backend is None or not parts:
             return False
         tag = generation.decode()
-        items = [
-            (cache_key(kind, f"{owner}:{part}"), json.dumps({"g": tag, "d": data}).encode())
-            for part, data in parts.items()
-        ]
+        keys = ((cache_key(kind, f"{owner}:{part}"), data) for part, data in parts.items())
+        items = [(key, self._sign(key, {"g": tag, "d": data})) for key, data in keys]
         stored = self._call(
             self.backend.put_if_generation,
             cache_key(gen_kind, owner),

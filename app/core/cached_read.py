@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from flask import Flask, Response, request
 
-from app.core.cache import Cache, RedisBackend, app_cache, cache_key, decode_entry
+from app.core.cache import Cache, RedisBackend, app_cache, cache_key
 from app.core.security import Principal
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,7 +80,7 @@ def serve(planned: Planned, raw: Any, principal: Principal | None) -> Response |
     """The response from the entry's bytes, or None to let the view answer."""
     from app.core.http import single_json  # the view's own response builder
 
-    entry = decode_entry(raw) if isinstance(raw, bytes) else None
+    entry = planned.cache.decode(planned.key, raw)  # its MAC verified: a forged one is a miss
     if entry is None:
         return None
     view = planned.read.render(entry["d"], principal)

@@ -26,7 +26,10 @@ class Event(Base):
     aggregate_version: Mapped[int] = mapped_column(sa.Integer)
     actor_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid(), default=None)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The server's id of the request that wrote it; the client's X-Request-ID, if any, beside it
+    # (a client may send any id, even another's: it never stands for the server's).
     request_id: Mapped[str | None] = mapped_column(sa.String(128), default=None)
+    client_request_id: Mapped[str | None] = mapped_column(sa.String(128), default=None)
     # {"fields": [names changed], "values": {name: new value}}; secrets appear by name only.
     data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
 

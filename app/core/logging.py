@@ -33,7 +33,7 @@ from typing import IO, Any, cast
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from app.core.context import current_request_id
+from app.core.context import current_client_request_id, current_request_id
 
 REDACTED = "[REDACTED]"
 
@@ -195,6 +195,12 @@ def _add_request_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDi
             event_dict["request_id"] = request_id
         else:
             event_dict.pop("request_id", None)
+    if not event_dict.get("client_request_id"):  # the client's own id, beside the server's
+        client_request_id = current_client_request_id()
+        if client_request_id:
+            event_dict["client_request_id"] = client_request_id
+        else:
+            event_dict.pop("client_request_id", None)
     return event_dict
 
 

@@ -1,7 +1,8 @@
 """The request pipeline: every route, one `before` and one `finish`, in an order written here.
 
     before (one before_request hook)
-      1. start         one timer; X-Request-ID (the client's when well-formed, else a new one)
+      1. start         one timer; a new server request id (logs, events, tasks); the client's
+                       X-Request-ID, when well-formed, kept beside it (and echoed)
       2. hygiene       URI length (414), body size (413) and type (415)
       3. identify      the registered identifier (app/auth/guard.py) reads the bearer token once:
                        signature and expiry, no I/O; the caller's subject keys limit and log
@@ -42,7 +43,7 @@ from flask import Flask, Request, Response, current_app, g, request
 from flask.sessions import SessionInterface, SessionMixin
 
 from app.core import cached_read, http_security, limiting
-from app.core.context import request_id_var
+from app.core.context import client_request_id_var, request_id_var
 from app.core.errors import (
     PayloadTooLarge,
     RateLimited,
@@ -138,8 +139,11 @@ def before() -> Response | None:
     g.started = time.perf_counter()
     incoming = request.headers.get("X-Request-ID", "")
     # fullmatch: `$` alone would let a trailing newline through, into the response header.
-    g.request_id = incoming if REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
+    g.client_request_id = incoming if REQUEST_ID_RE.fullmatch(incoming) else None
+    # Always the server's own: a client must not file its request under another's id.
+    g.request_id = uuid.uuid4().hex
     g.request_id_token = request_id_var.set(g.request_id)
+    g.client_request_id_token = client_request_id_var.set(g.client_request_id)
     _check_uri()
     _check_body()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -218,7 +222,7 @@ def finish(response: Response) -> Response:
     response = http_security.security_headers(response)
     response = http_security.compress(response)
     request_id = g.get("request_id") or uuid.uuid4().hex
-    response.headers["X-Request-ID"] = request_id
+    response.headers["X-Request-ID"] = g.get("client_request_id") or request_id  # contract §2
     _record(request_id, response.status_code)
     return response
 
@@ -241,6 +245,8 @@ def _record(request_id: str, status: int) -> None:
             "duration_ms": round(seconds * 1000, 2) if seconds is not None else None,
             "user_id": caller.subject if caller is not None else None,
         }
+        if g.get("client_request_id"):
+            fields["client_request_id"] = g.client_request_id
         # log.info without its caller lookup (a stack walk per request): the access line carries
         # no file or line, and the record goes through the same handlers and formatter.
         log.handle(log.makeRecord(log.name, logging.INFO, "", 0, "request", (), None, None, fields))
@@ -250,3 +256,6 @@ def _clear(_exc: BaseException | None) -> None:
     token = g.pop("request_id_token", None)
     if token is not None:
         request_id_var.reset(token)
+    client_token = g.pop("client_request_id_token", None)
+    if client_token is not None:
+        client_request_id_var.reset(client_token)

@@ -22,7 +22,12 @@ from celery import Celery, Task
 from celery.signals import before_task_publish, task_postrun, task_prerun
 from flask import Flask, current_app, has_app_context
 
-from app.core.context import current_request_id, request_id_var
+from app.core.context import (
+    client_request_id_var,
+    current_client_request_id,
+    current_request_id,
+    request_id_var,
+)
 from app.core.redis_client import celery_transport_options
 
 log = logging.getLogger(__name__)
@@ -190,7 +195,10 @@ class Publisher:
             celery.send_task,
             name,
             args=args,
-            headers={"x_request_id": request_id},
+            headers={
+                "x_request_id": request_id,
+                "x_client_request_id": current_client_request_id(),
+            },
             ignore_result=True,  # the web never reads a result: no per-task result subscription
             retry=True,
             retry_policy=PUBLISH_RETRY,
@@ -208,7 +216,8 @@ class Publisher:
 _publisher = Publisher(PUBLISH_TIMEOUT, PUBLISH_COOLDOWN)
 
 
-# The request id travels with every task (header x_request_id) into the worker's log lines.
+# The request ids travel with every task (headers x_request_id, the server's, and
+# x_client_request_id, the client's) into the worker's log lines.
 
 
 @before_task_publish.connect
@@ -216,14 +225,18 @@ def _attach_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
     request_id = request_id_var.get()
     if headers is not None and request_id and not headers.get("x_request_id"):
         headers["x_request_id"] = request_id
+        headers["x_client_request_id"] = client_request_id_var.get()
 
 
 @task_prerun.connect
 def _restore_request_id(task: Task | None = None, **_: Any) -> None:
     request_id = task.request.get("x_request_id") if task is not None else None
+    client_request_id = task.request.get("x_client_request_id") if task is not None else None
     request_id_var.set(request_id)
+    client_request_id_var.set(client_request_id if request_id else None)
 
 
 @task_postrun.connect
 def _clear_request_id(**_: Any) -> None:
     request_id_var.set(None)
+    client_request_id_var.set(None)

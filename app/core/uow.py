@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from app.core.context import current_request_id
+from app.core.context import current_client_request_id, current_request_id
 from app.core.db import Base
 from app.core.errors import Conflict
 from app.core.events import DomainEvent, Event
@@ -119,6 +119,7 @@ class UnitOfWork:
                 "aggregate_version": version,
                 "actor_id": self.actor_id,
                 "request_id": current_request_id(),
+                "client_request_id": current_client_request_id(),
                 "data": {"fields": fields, "values": values},
             }
         )
