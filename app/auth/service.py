@@ -35,6 +35,7 @@ from app.core.audit import security_event
 from app.core.errors import RateLimited, Unauthenticated
 from app.core.redis_client import get_redis
 from app.core.security import ADMIN_SCOPE, CurrentUser, passwords
+from app.core.text import normalise_email
 from app.extensions import db
 from app.users.models import User
 from app.users.repository import UserRepository
@@ -172,6 +173,7 @@ class AuthService:
         password hash's work, so neither the answer nor its timing tells them apart. Failures
         are counted per (email, address) and per email (app/auth/throttle.py): a throttled
         attempt is a 429 whose password is never checked, whether or not the account exists."""
+        email = normalise_email(email)  # the form registration stored (fullwidth letters as ASCII)
         account = email_fingerprint(email, self.email_secret)
         pair = f"{account}:{address}"
         user = self.users.get_by_email(email)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from http import HTTPStatus
+from itertools import islice
 from typing import Any
 
 import psycopg
@@ -118,12 +119,30 @@ HTTP_CODES: dict[int, tuple[str, str]] = {
 }
 
 
+# A huge bad body never buys a huge answer: at most this many details (contract §6), each
+# field name and message cut to a readable length (a field name can be a client's 1 MB key).
+MAX_DETAILS = 50
+MAX_DETAIL_CHARS = 200
+TRUNCATED_SUFFIX = f" (only the first {MAX_DETAILS} problems are listed)"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 1] + "…"
+
+
 def envelope(code: str, message: str, details: Iterable[Mapping[str, str]] = ()) -> dict:
-    """The contract's error body: `{"error": {"code", "message", "details"?}}`."""
+    """The contract's error body: `{"error": {"code", "message", "details"?}}`, with at most
+    MAX_DETAILS details (the message says so when some were left out)."""
     error: dict[str, Any] = {"code": code, "message": message}
-    details = [dict(d) for d in details]
-    if details:
-        error["details"] = details
+    capped = [
+        {"field": _clip(str(d["field"])), "message": _clip(str(d["message"]))}
+        for d in islice(details, MAX_DETAILS + 1)
+    ]
+    if len(capped) > MAX_DETAILS:
+        capped = capped[:MAX_DETAILS]
+        error["message"] = message.rstrip(".") + TRUNCATED_SUFFIX + "."
+    if capped:
+        error["details"] = capped
     return {"error": error}
 
 
@@ -141,24 +160,27 @@ def error_response(
     return response
 
 
-def flatten_messages(messages: Any, prefix: str = "") -> Details:
-    """Turn marshmallow's nested `{field: [msg]}` into the contract's `[{field, message}]`."""
-    out: Details = []
+def flatten_messages(messages: Any, limit: int = MAX_DETAILS + 1) -> Details:
+    """Turn marshmallow's nested `{field: [msg]}` into the contract's `[{field, message}]`; stops
+    after `limit` entries (one more than an envelope shows, so it can tell some were left out)."""
+    return list(islice(_walk_messages(messages, ""), limit))
+
+
+def _walk_messages(messages: Any, prefix: str) -> Iterator[dict[str, str]]:
     if isinstance(messages, Mapping):
         for key, value in messages.items():
             name = f"{prefix}.{key}" if prefix else str(key)
             if key == "_schema":
                 name = prefix or "body"
-            out.extend(flatten_messages(value, name))
+            yield from _walk_messages(value, name)
     elif isinstance(messages, list | tuple):
         for item in messages:
             if isinstance(item, Mapping | list | tuple):
-                out.extend(flatten_messages(item, prefix))
+                yield from _walk_messages(item, prefix)
             else:
-                out.append({"field": prefix or "body", "message": str(item)})
+                yield {"field": prefix or "body", "message": str(item)}
     else:
-        out.append({"field": prefix or "body", "message": str(messages)})
-    return out
+        yield {"field": prefix or "body", "message": str(messages)}
 
 
 def handle_app_error(error: AppError) -> Response:
@@ -191,6 +213,8 @@ def handle_http_exception(error: HTTPException) -> Response:
     if data.get("messages"):  # webargs validation errors: {location: {field: [msg]}}
         for location_messages in data["messages"].values():
             details.extend(flatten_messages(location_messages))
+            if len(details) > MAX_DETAILS:
+                break
     headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
     if status == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")

@@ -8,10 +8,21 @@ from typing import Any
 
 import marshmallow as ma
 
+from app.core.text import (
+    BIDI_CLASS,
+    FORMAT_CLASS,
+    LINE_CLASS,
+    forbidden_format_char,
+    format_char_message,
+    normalise_email,
+)
+
 # Control characters (C0, DEL, C1); `multiline` text may hold tab, LF and CR. NUL would also
-# break PostgreSQL text columns.
+# break PostgreSQL text columns. Single-line text also refuses the Unicode line and paragraph
+# separators (U+2028, U+2029), line breaks by another name.
 _CTRL_MULTILINE = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
 _CTRL_ANY = r"\x00-\x1f\x7f-\x9f"
+_CTRL_SINGLE_LINE = _CTRL_ANY + r"\u2028\u2029"
 CONTROL_OR_SURROGATE = re.compile(f"[{_CTRL_ANY}\ud800-\udfff]")
 
 
@@ -19,7 +30,15 @@ class Text(ma.fields.String):
     """Printable text: no NUL or control characters, no lone surrogates, lengths checked on the
     value as sent (so the documented minLength/maxLength are exactly what is enforced). The value
     is then NFC-normalised and, with `strip`, trimmed; a required-non-empty field must hold more
-    than white space. The same rules are published in the OpenAPI document as a `pattern`."""
+    than white space. The same rules are published in the OpenAPI document as a `pattern`.
+
+    Against spoofing, single-line text (names, titles) refuses every invisible format character
+    (Unicode category Cf: bidi controls, zero-width characters, U+FEFF, ...) but a ZWJ or ZWNJ
+    where a script needs it (the published pattern cannot say where, so it allows those two), and
+    the line and paragraph separators; multi-line text (`multiline`: bios, bodies) refuses the bidi
+    embeddings, overrides and isolates. With `check_format=False` (passwords, the login email)
+    only the control-character rule applies: values chosen before these rules existed must keep
+    working, and refusing characters in a secret someone already uses would only lock them out."""
 
     def __init__(
         self,
@@ -28,11 +47,16 @@ class Text(ma.fields.String):
         min_length: int = 0,
         multiline: bool = False,
         strip: bool = True,
+        check_format: bool = True,
         **kwargs: Any,
     ) -> None:
         self.min_length, self.max_length = min_length, max_length
-        self.strip = strip
-        controls = _CTRL_MULTILINE if multiline else _CTRL_ANY
+        self.strip, self.multiline, self.check_format = strip, multiline, check_format
+        if multiline:
+            controls, formatting = _CTRL_MULTILINE, BIDI_CLASS
+        else:
+            controls, formatting = _CTRL_SINGLE_LINE if check_format else _CTRL_ANY, LINE_CLASS
+        refused = controls + formatting if check_format else controls
         self._controls = re.compile(f"[{controls}]")
         metadata = {"minLength": min_length, "maxLength": max_length, **kwargs.pop("metadata", {})}
         validators = kwargs.get("validate") or []
@@ -42,9 +66,9 @@ class Text(ma.fields.String):
         )
         if not has_pattern:
             if min_length > 0 and strip:  # something other than white space
-                metadata["pattern"] = f"^[^{controls}]*[^\\s{controls}][^{controls}]*$"
+                metadata["pattern"] = f"^[^{refused}]*[^\\s{refused}][^{refused}]*$"
             else:
-                metadata["pattern"] = f"^[^{controls}]*$"
+                metadata["pattern"] = f"^[^{refused}]*$"
         super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
@@ -59,6 +83,9 @@ class Text(ma.fields.String):
             raise ma.ValidationError(
                 f"Length must be between {self.min_length} and {self.max_length}."
             )
+        # After the length check: the joiner rule looks at neighbours, so its work is bounded.
+        if self.check_format and (char := forbidden_format_char(text, multiline=self.multiline)):
+            raise ma.ValidationError(format_char_message(char))
         text = unicodedata.normalize("NFC", text)
         if self.strip:
             text = text.strip()
@@ -69,6 +96,26 @@ class Text(ma.fields.String):
         if self.min_length > 0 and not text.strip():
             raise ma.ValidationError("Must not be blank.")
         return text
+
+
+class EmailText(ma.fields.Email):
+    """An email address in its one form (`normalise_email`: NFKC, lower case) before it is
+    validated, so a fullwidth `alice@example.com` (U+FF41...) is the ASCII one for the format
+    check, the length check and uniqueness alike. Control and format characters are refused (the
+    IDNA codec would silently drop a zero-width space in the domain), and so are lone surrogates
+    (marshmallow's validator lets one through in the domain, which then fails to encode)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        pattern = f"^[^{_CTRL_ANY}{FORMAT_CLASS}]*$"
+        super().__init__(metadata={"pattern": pattern, **kwargs.pop("metadata", {})}, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if CONTROL_OR_SURROGATE.search(text):
+            raise ma.ValidationError("Not valid Unicode text.")
+        if char := forbidden_format_char(text, multiline=False, address=True):
+            raise ma.ValidationError(format_char_message(char))
+        return normalise_email(text)
 
 
 class StrictSchema(ma.Schema):

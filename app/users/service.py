@@ -18,6 +18,7 @@ from app.core.errors import Conflict, Forbidden, NotFound, RateLimited
 from app.core.http import cursor_codec
 from app.core.pagination import CursorCodec, Page, PageParams
 from app.core.security import Principal, passwords
+from app.core.text import normalise_email
 from app.core.uow import UnitOfWork
 from app.extensions import db
 from app.posts.cache import AUTHOR_DELETED
@@ -87,7 +88,7 @@ class UserService:
     # Writes ----------------------------------------------------------------------------------
 
     def register(self, data: dict[str, Any], *, actor: Principal | None = None) -> User:
-        email = data["email"].lower()
+        email = normalise_email(data["email"])  # the schema did; callers outside HTTP too
         self._ensure_free(email=email, username=data["username"])
         user = User(
             public_id=uuid.uuid4(),
@@ -135,7 +136,7 @@ class UserService:
         new_password = changes.pop("password", None)
         current_password = changes.pop("current_password", None)
         if "email" in changes:
-            changes["email"] = changes["email"].lower()
+            changes["email"] = normalise_email(changes["email"])
         values = {k: v for k, v in changes.items() if getattr(user, k) != v}
         if new_password is not None:  # a lone current_password changes nothing: ignored
             self._check_password_change(user, actor, current_password)

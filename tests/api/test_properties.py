@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 import app.posts.service as post_service
 from app.core.errors import ValidationFailed
 from app.core.pagination import CursorCodec
+from app.core.text import forbidden_format_char
 from tests.factories import PASSWORD, login, register, unique
 
 SETTINGS = settings(
@@ -281,9 +282,12 @@ def test_cursor_walk_visits_every_post_once_in_order(
 def _valid_text(
     max_size: int, *, min_size: int = 0, multiline: bool = False, strip: bool = True
 ) -> st.SearchStrategy[str]:
-    """Text the API stores as sent: printable, NFC, and (when the field strips) trimmed."""
+    """Text the API stores as sent: printable, NFC, (when the field strips) trimmed, and free of
+    spoofing characters (app/core/text.py: no format characters or line separators on one line,
+    no bidi embeddings/overrides/isolates in multi-line text)."""
     chars = st.characters(
-        exclude_categories=("Cs", "Cc"), include_characters="\t\n\r" if multiline else ""
+        exclude_categories=("Cs", "Cc") if multiline else ("Cs", "Cc", "Cf", "Zl", "Zp"),
+        include_characters="\t\n\r" if multiline else "",
     )
 
     def clean(text: str) -> str:
@@ -295,6 +299,7 @@ def _valid_text(
             min_size <= len(text) <= max_size
             and unicodedata.normalize("NFC", text) == text
             and (not strip or text == text.strip())
+            and forbidden_format_char(text, multiline=multiline) is None
         )
 
     short = st.text(chars, max_size=min(max_size, 40))

@@ -12,8 +12,8 @@ from flask_migrate import downgrade, upgrade
 
 from app import create_app
 from app.extensions import db
-from tests.scratch_db import scratch_database
 from tests.support.backends import DATABASE_URL, test_config
+from tests.support.scratch_db import scratch_database
 
 
 @pytest.fixture
