@@ -135,8 +135,13 @@ def fresh_name() -> str:
     return unique("inj")
 
 
-def login_response(sweep: Sweep, email: str, password: str) -> Any:
-    return sweep.call("post", "/api/auth/login", json={"email": email, "password": password})
+def login_response(sweep: Sweep, email: str, password: str, *, address: str = "127.0.0.1") -> Any:
+    return sweep.call(
+        "post",
+        "/api/auth/login",
+        json={"email": email, "password": password},
+        environ_base={"REMOTE_ADDR": address},
+    )
 
 
 def valid_username(value: str) -> bool:
@@ -358,6 +363,7 @@ def test_password_change_with_payloads(sweep, intact, row_counts, make_account, 
 def test_login_with_payloads_never_authenticates(sweep, intact, row_counts, make_account):
     victim: Account = make_account()
     before = row_counts()
+    attempt = 0
     for payload in PAYLOADS:
         for email, password in (
             (payload, payload),
@@ -366,7 +372,10 @@ def test_login_with_payloads_never_authenticates(sweep, intact, row_counts, make
             (victim.email + payload, PASSWORD),
             (f"{payload}@example.com", PASSWORD),
         ):
-            response = login_response(sweep, email, password)
+            attempt += 1
+            # One address per attempt: the per-(account, address) login throttle must not turn
+            # the later payloads into 429s before they reach the password check.
+            response = login_response(sweep, email, password, address=f"198.51.100.{attempt}")
             assert_error(response, 401, "UNAUTHENTICATED")
             assert "access_token" not in response.get_data(as_text=True)
     intact(sweep, before)
