@@ -189,18 +189,17 @@ def _redact_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict
 
 
 def _add_request_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """`request_id` is the id the response carried (contract §7: the client's when it sent a
+    well-formed one, else the server's); `server_request_id`, the one events are keyed by, goes
+    beside it when the two differ."""
     if not event_dict.get("request_id"):
-        request_id = current_request_id()
-        if request_id:
-            event_dict["request_id"] = request_id
+        server, client = current_request_id(), current_client_request_id()
+        if client or server:
+            event_dict["request_id"] = client or server
         else:
             event_dict.pop("request_id", None)
-    if not event_dict.get("client_request_id"):  # the client's own id, beside the server's
-        client_request_id = current_client_request_id()
-        if client_request_id:
-            event_dict["client_request_id"] = client_request_id
-        else:
-            event_dict.pop("client_request_id", None)
+        if client and server:
+            event_dict["server_request_id"] = server
     return event_dict
 
 

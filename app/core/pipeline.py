@@ -236,8 +236,9 @@ def _record(request_id: str, status: int) -> None:
     record_request(request.method, route or UNMATCHED_ROUTE, status, seconds)
     if log.isEnabledFor(logging.INFO):
         caller = g.get("caller")
+        client_id = g.get("client_request_id")
         fields = {
-            "request_id": request_id,
+            "request_id": client_id or request_id,  # the id the response carries (contract §7)
             "method": request.method,
             "path": request.path,
             "route": route,
@@ -245,8 +246,8 @@ def _record(request_id: str, status: int) -> None:
             "duration_ms": round(seconds * 1000, 2) if seconds is not None else None,
             "user_id": caller.subject if caller is not None else None,
         }
-        if g.get("client_request_id"):
-            fields["client_request_id"] = g.client_request_id
+        if client_id:
+            fields["server_request_id"] = request_id  # the id this request's events carry
         # log.info without its caller lookup (a stack walk per request): the access line carries
         # no file or line, and the record goes through the same handlers and formatter.
         log.handle(log.makeRecord(log.name, logging.INFO, "", 0, "request", (), None, None, fields))

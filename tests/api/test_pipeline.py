@@ -106,16 +106,16 @@ def test_one_access_line_and_one_metric_per_request(app: Flask, account, caplog)
     assert len(lines) == 2
     line = lines[0]
     assert line.getMessage() == "request"
-    fields = ("client_request_id", "method", "path", "route", "status", "user_id")
+    fields = ("request_id", "method", "path", "route", "status", "user_id")
     assert {k: getattr(line, k) for k in fields} == {
-        "client_request_id": "pipe-42",  # the server's own id is the line's request_id
+        "request_id": "pipe-42",  # the id the response carried; the events' id is beside it
         "method": "GET",
         "path": path,
         "route": route,
         "status": 200,
         "user_id": str(account.id),
     }
-    assert line.request_id not in (None, "pipe-42")
+    assert line.server_request_id not in (None, "pipe-42")
     assert line.duration_ms >= 0
     assert lines[1].user_id is None
     assert HTTP_REQUESTS.labels("GET", route, "200")._value.get() == count + 1

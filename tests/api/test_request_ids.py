@@ -1,9 +1,10 @@
-"""The audit trail and the logs are keyed by the server's own request id (issue #13 item 12).
+"""The audit trail is keyed by the server's own request id (issue #13 item 12).
 
 Bob sent the X-Request-ID of Alice's registration with his own update, and his event was filed
-under her request. Now every request gets a fresh server id (events' `request_id`, the access
-line's `request_id`, the tasks it causes); a client's well-formed id is kept beside it as
-`client_request_id` and still echoed in the response header (contract §2).
+under her request. Now every request gets a fresh server id, the `request_id` of its events; a
+client's well-formed id is kept beside it as `client_request_id`, still echoed in the response
+header (contract §2) and still the `request_id` of the request's log lines (contract §7), which
+carry the server's as `server_request_id`.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def test_the_same_client_id_twice_gets_two_server_ids(
     assert "retry-1" not in (first["request_id"], second["request_id"])
 
 
-def test_logs_carry_the_server_id_and_the_clients_beside_it(
+def test_logs_carry_the_echoed_id_and_the_server_id_beside_it(
     app: Flask, client: FlaskClient, account: Account, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = f"/api/users/{account.id}"
@@ -107,11 +108,13 @@ def test_logs_carry_the_server_id_and_the_clients_beside_it(
     first, second = events_of(app, account.id)[-2:]
 
     with_id, without_id = [r.__dict__ for r in caplog.records if r.name == "app.access"]
-    assert with_id["request_id"] == first["request_id"]  # the line and the event join up
-    assert with_id["client_request_id"] == "mine-1"
-    assert sent.headers["X-Request-ID"] == "mine-1"
+    # The line carries the id the response carried (contract §7) and joins the event on the
+    # server's id beside it.
+    assert with_id["request_id"] == sent.headers["X-Request-ID"] == "mine-1"
+    assert with_id["server_request_id"] == first["request_id"] != "mine-1"
+    assert first["client_request_id"] == "mine-1"
 
     # No client id: the header is the server's own, the one the event and the line carry.
     assert unsent.headers["X-Request-ID"] == second["request_id"] == without_id["request_id"]
     assert second["client_request_id"] is None
-    assert "client_request_id" not in without_id
+    assert "server_request_id" not in without_id

@@ -53,10 +53,20 @@ class Http:
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 raw = response.read()
-                return response.status, dict(response.headers), json.loads(raw) if raw else None
+                return response.status, dict(response.headers), _decoded(raw)
         except urllib.error.HTTPError as exc:
             raw = exc.read()
-            return exc.code, dict(exc.headers), json.loads(raw) if raw else None
+            return exc.code, dict(exc.headers), _decoded(raw)
+
+
+def _decoded(raw: bytes) -> Any:
+    """The JSON body; a body that is not JSON comes back as its text (a test then shows it)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
 
 
 @contextmanager

@@ -115,15 +115,16 @@ def test_a_write_is_written_through_by_the_worker_with_its_request_id(
     # Nobody reads through the API here: only the worker can turn the tombstone into a value.
     stored = wait_for("the worker to write v2 through", _refreshed(USER_KIND, user["id"], 2))
     assert stored["d"]["public"]["display_name"] == "Through the worker"
-    # The task logs under the server's id of the PATCH (its event's), the client's beside it.
+    # The task logs under the PATCH's request id (the client's, as echoed), with the server's id
+    # of its event beside it.
     server_id = _server_request_id(producer, user["id"])
     assert server_id != request_id
     done = wait_for(
         "the task's log line with the PATCH's request id",
-        _logged(worker, server_id, "cache.refresh_user"),
+        _logged(worker, request_id, "cache.refresh_user"),
     )
     assert any("succeeded" in line["event"] for line in done), done
-    assert {line.get("client_request_id") for line in done} == {request_id}
+    assert {line.get("server_request_id") for line in done} == {server_id}
 
     post = web.post(
         f"/api/users/{user['id']}/posts",
@@ -144,7 +145,10 @@ def test_a_write_is_written_through_by_the_worker_with_its_request_id(
     stored = wait_for("the worker to write the post through", _refreshed(POST_KIND, post_id, 2))
     assert stored["d"]["public"]["title"] == "two"
     post_server_id = _server_request_id(producer, post_id)
-    wait_for("the post task's log line", _logged(worker, post_server_id, "cache.refresh_post"))
+    logged = wait_for(
+        "the post task's log line", _logged(worker, post_request_id, "cache.refresh_post")
+    )
+    assert {line.get("server_request_id") for line in logged} == {post_server_id}
     # And the API serves what the worker wrote.
     assert web.get(f"/api/posts/{post_id}").json["data"]["title"] == "two"
 
