@@ -48,10 +48,13 @@ def create_app(
 
 def register_data(app: Flask) -> None:
     """The database: what every role uses."""
-    from app.core.db import sqlite_pragmas
+    from app.core.db import remove_session_quietly, sqlite_pragmas
     from app.extensions import db
 
     db.init_app(app)
+    # Registered after Flask-SQLAlchemy's own teardown, so it runs first (Flask runs them in
+    # reverse): a session on a dead connection is discarded without failing the answer.
+    app.teardown_appcontext(lambda _exc: remove_session_quietly(db.session))
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", sqlite_pragmas)

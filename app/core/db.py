@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,9 @@ NAMING_CONVENTION = {
 
 # Pass `execution_options(include_deleted=True)` to see soft-deleted rows (admin tools, purges).
 INCLUDE_DELETED = "include_deleted"
+
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -108,3 +112,13 @@ def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def remove_session_quietly(session: Any) -> None:
+    """End the request's session; if its connection died (the database restarted mid-request),
+    drop it with a warning: a teardown that raises turns the answer into the server's HTML 500."""
+    try:
+        session.remove()
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("session_remove_failed", extra={"error": type(exc).__name__})
+        session.registry.clear()  # forget the broken session; the pool pre-pings the next one
