@@ -43,6 +43,7 @@ def create_app(
     register_errorhandlers(app)
     register_commands(app)
     register_proxy_fix(app)
+    register_zero_metrics(app)
     return app
 
 
@@ -165,6 +166,15 @@ def register_rate_limits(app: Flask) -> None:
     from app.core.limiting import configure_limiter
 
     configure_limiter(app)
+
+
+def register_zero_metrics(app: Flask) -> None:
+    """Every metric family in the first scrape, at 0 (after the routes exist)."""
+    from app.core.metrics import zero_series
+    from app.posts.cache import POST_KIND, USER_POST_COUNT_KIND
+    from app.users.cache import USER_KIND
+
+    zero_series(app, (USER_KIND, POST_KIND, USER_POST_COUNT_KIND))
 
 
 def register_metrics(app: Flask) -> None:

@@ -16,10 +16,11 @@ Two modes, chosen by the environment before Python starts (prometheus_client rea
 - not set (tests, `flask` CLI, `flask run`): the metrics live in this process and a scrape reads
   them directly.
 
-Every metric carries labels, so no sample (and no file) exists before the first observation:
-a directory can be emptied at start-up after this module is imported. No gauge is written by
-processes (the queue depths are read from the broker at scrape time), so no multiprocess_mode
-is involved.
+Every metric carries labels, so no sample (and no file) exists before the web app is built:
+a directory can be emptied at start-up after this module is imported (gunicorn's master does,
+before it forks; each worker then builds its app and writes its zero series, `zero_series`).
+No gauge is written by processes (the queue depths are read from the broker at scrape time),
+so no multiprocess_mode is involved.
 """
 
 from __future__ import annotations
@@ -136,6 +137,23 @@ def init_metrics(app: Flask) -> None:
     if (directory := multiprocess_dir()) is not None:
         os.makedirs(directory, exist_ok=True)  # prometheus_client writes there from now on
     _document_security_scheme(app)
+
+
+def zero_series(app: Flask, cache_kinds: Iterable[str]) -> None:
+    """Create every series an alert may watch at 0, so each family is in the first scrape (a
+    labelled family has no sample, and so no line, until a child exists): requests, latency and
+    rate-limit refusals for each route and method (status 200 for the first two), and cache hits
+    and misses for each kind the domains cache."""
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        for method in sorted((rule.methods or set()) & KNOWN_METHODS - {"HEAD", "OPTIONS"}):
+            HTTP_REQUESTS.labels(method, rule.rule, "200")
+            HTTP_LATENCY.labels(method, rule.rule, "200")
+            RATE_LIMITED.labels(method, rule.rule)
+    for kind in cache_kinds:
+        CACHE_HITS.labels(kind=kind)
+        CACHE_MISSES.labels(kind=kind)
 
 
 _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from flask import Flask
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.support.backends import DEAD_DATABASE
 from tests.support.live import live_server
@@ -82,7 +83,8 @@ def test_totals_across_gunicorn_workers(app: Flask, tmp_path: Path) -> None:
         with ThreadPoolExecutor(max_workers=6) as pool:
             statuses = list(pool.map(lambda _: get_status(base, "/api/users"), range(n)))
         assert statuses == [200] * n
-        writers = {p.name for p in metrics_dir.glob("counter_*.db")}
+        # Every worker's file holds zero series from its start; these counted requests.
+        writers = {p.name for p in metrics_dir.glob("counter_*.db") if _counted(p, route)}
         assert len(writers) >= 2, f"the requests were served by several workers: {writers}"
 
         ok = {"method": "GET", "route": route, "status": "200"}
@@ -103,6 +105,38 @@ def test_totals_across_gunicorn_workers(app: Flask, tmp_path: Path) -> None:
         assert get_status(base, "/api/users") == 200
         for _ in range(6):
             assert value(fetch(base), REQUESTS, **ok) == n + 1
+
+
+def _counted(path: Path, route: str) -> bool:
+    """Whether this one process' file counted a GET of `route`."""
+    for metric in MultiProcessCollector.merge([str(path)], accumulate=True):
+        for sample in metric.samples:
+            if sample.name == REQUESTS and sample.labels.get("route") == route and sample.value > 0:
+                return True
+    return False
+
+
+@pytest.mark.slow
+def test_every_family_is_in_the_first_scrape_at_zero(app: Flask, tmp_path: Path) -> None:
+    """Contract §7: an alert on a family sees 0, not nothing, before its first event."""
+    metrics_dir = tmp_path / "prometheus-web"
+    with live_server(app, tmp_path, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)) as (http, _proc):
+        text = urllib.request.urlopen(http.base + "/metrics", timeout=10).read().decode()
+    samples = parse(text)
+    names = {name for name, _labels in samples}
+    for family in (
+        REQUESTS,
+        LATENCY_COUNT,
+        "postboard_rate_limited_total",
+        "postboard_cache_hits_total",
+        "postboard_cache_misses_total",
+    ):
+        assert family in names, f"{family} missing from the first scrape"
+    users = route_of(app, "/api/users")
+    assert value(samples, "postboard_rate_limited_total", method="POST", route=users) == 0
+    refused = ("postboard_rate_limited_total", frozenset({("method", "POST"), ("route", users)}))
+    assert refused in samples, "the series exists (at 0), not just a default of the lookup"
+    assert value(samples, "postboard_cache_hits_total", kind="user") == 0
 
 
 def _nodename_dir(base: Path, nodename: str) -> Path:
