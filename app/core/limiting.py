@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pybreaker
@@ -41,7 +42,7 @@ _FAILURES: tuple[type[BaseException], ...] = (pybreaker.CircuitBreakerError, *RE
 EXEMPT_BLUEPRINTS = frozenset({"ops", "api-docs"})
 EXEMPT_ENDPOINTS = frozenset({"swagger_ui_static", "metrics"})
 ROUTE_LIMIT_ATTR = "_route_limit"  # set by @route_limit on a view (method) function
-STRATEGY = "sliding-window-counter"  # the one strategy of the script below
+RATE_LIMITS_DIR = "rate-limits"  # under CACHE_DIR: the embedded default's shared counters
 
 # KEYS[1] = this window's counter, KEYS[2] = the previous window's; ARGV = limit, period (ms),
 # ms elapsed in this window. Returns {admitted (1/0), previous count, current count}.
@@ -139,6 +140,26 @@ class MemoryCounters:
         return count if expires > now else 0
 
 
+class DiskCounters:
+    """The same counters in a diskcache directory (SQLite underneath) that every process on the
+    host shares: the embedded default has no Redis, and a limit must hold across its gunicorn
+    workers (contract §6). Each hit is one diskcache transaction, atomic across processes."""
+
+    def __init__(self, directory: Path) -> None:
+        import diskcache
+
+        self.cache = diskcache.Cache(str(directory), timeout=1)
+
+    def hit(self, keys: tuple[str, str], amount: int, period_ms: int, elapsed_ms: int) -> list[int]:
+        with self.cache.transact():
+            current = int(self.cache.get(keys[0], 0))
+            previous = int(self.cache.get(keys[1], 0))
+            if math.floor(previous * (period_ms - elapsed_ms) / period_ms) + current >= amount:
+                return [0, previous, current]
+            self.cache.set(keys[0], current + 1, expire=2 * period_ms / 1000)
+            return [1, previous, current + 1]
+
+
 class RateLimiter:
     """Hits a caller's window and runs the pipeline's other Redis reads in the same round trip."""
 
@@ -149,12 +170,17 @@ class RateLimiter:
         breaker: pybreaker.CircuitBreaker,
         limit_in_redis: bool,
         prefix: str,
+        shared_directory: Path | None = None,
     ) -> None:
         self.client = client
         self.breaker = breaker  # decides when a failed Redis is tried again (in memory till then)
         self.limit_in_redis = limit_in_redis and client is not None
         self.prefix = prefix
-        self.memory = MemoryCounters()
+        # Without Redis, counters every process of the host shares; while Redis fails, this
+        # process' own (a brief fallback, not worth a disk write per request).
+        self.memory: MemoryCounters | DiskCounters = (
+            DiskCounters(shared_directory) if shared_directory is not None else MemoryCounters()
+        )
         self._sha: str | None = None  # the script's SHA, loaded on first use
 
     def round_trip(
@@ -282,10 +308,7 @@ def configure_limiter(app: Flask) -> RateLimiter:
     from app.core.redis_client import get_redis
 
     cfg: dict[str, Any] = app.config
-    cfg.setdefault("RATELIMIT_STORAGE_URI", cfg.get("REDIS_URL") or "memory://")
-    strategy = str(cfg.get("RATELIMIT_STRATEGY") or STRATEGY)
-    if strategy != STRATEGY:
-        raise ConfigError(f"RATELIMIT_STRATEGY: only {STRATEGY!r} is implemented, not {strategy!r}")
+    cfg.setdefault("RATELIMIT_STORAGE_URI", cfg.get("REDIS_URL") or "disk://")
     for name in ("RATELIMIT_ANONYMOUS", "RATELIMIT_AUTHENTICATED", *route_limit_settings(app)):
         Rule.parse(str(cfg[name]))  # one limit per setting, refused at start-up if not
     client = get_redis(cfg.get("REDIS_URL"))
@@ -296,6 +319,11 @@ def configure_limiter(app: Flask) -> RateLimiter:
         ),
         limit_in_redis=cfg["RATELIMIT_STORAGE_URI"] == cfg.get("REDIS_URL"),
         prefix=str(cfg.get("RATELIMIT_KEY_PREFIX", "postboard")),
+        shared_directory=(
+            Path(cfg["CACHE_DIR"]) / RATE_LIMITS_DIR
+            if cfg["RATELIMIT_STORAGE_URI"] == "disk://"
+            else None
+        ),
     )
     app.extensions["rate_limiter"] = limiter
     return limiter

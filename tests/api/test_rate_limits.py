@@ -10,7 +10,7 @@ import pytest
 
 from tests.factories import PASSWORD, unique
 from tests.support.assertions import assert_error
-from tests.support.backends import REDIS_URL, needs_redis
+from tests.support.backends import needs_redis
 from tests.support.limits import fresh_ip, get, limited_app
 from tests.support.live import live_server
 
@@ -186,12 +186,6 @@ def test_two_gunicorn_instances_share_one_limit(app, tmp_path: Path) -> None:
                 assert "Retry-After" in headers
         assert statuses[:10] == [200] * 10
         assert statuses[10:] == [429] * 4
-
-
-@pytest.mark.skipif(bool(REDIS_URL), reason="checks the embedded default: memory storage")
-def test_embedded_default_uses_process_memory(app):
-    limited = limited_app(app)
-    assert limited.config["RATELIMIT_STORAGE_URI"] == "memory://"
 
 
 @pytest.mark.parametrize("setting", ["RATELIMIT_ANONYMOUS", "RATELIMIT_LOGIN"])

@@ -83,6 +83,8 @@ def reset_cache() -> None:
     import diskcache
 
     diskcache.Cache(CACHE_DIR).clear()
+    # The embedded default's shared rate-limit counters live beside it (app/core/limiting.py).
+    diskcache.Cache(os.path.join(CACHE_DIR, "rate-limits")).clear()
 
 
 def reset_redis() -> None:
