@@ -6,19 +6,15 @@ are limited like registrations, since a 409 tells whether an email is taken."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from flask import Flask
 
-from app import create_app
 from app.auth.throttle import email_fingerprint
-from app.core.security import passwords
-from app.extensions import db
 from tests.factories import PASSWORD, login, register
 from tests.support.assertions import assert_error
-from tests.support.backends import test_config
 
 WRONG = "not the password"
 NEW_PASSWORD = "a brand new passphrase"
@@ -31,23 +27,6 @@ def _fresh_counters(app: Flask) -> None:
     for name, throttle in list(app.extensions.items()):
         if name.startswith("postboard.account_throttle"):  # every counter of app/auth/throttle
             throttle.reset_all()
-
-
-@pytest.fixture
-def make_app(app: Flask) -> Iterator[Callable[..., Flask]]:
-    """Another web process on the same database and Redis, with config overrides."""
-    made: list[Flask] = []
-
-    def make(**overrides: Any) -> Flask:
-        other = create_app(test_config(app.config["SQLALCHEMY_DATABASE_URI"], **overrides))
-        made.append(other)
-        return other
-
-    yield make
-    for other in made:
-        with other.app_context():
-            db.engine.dispose()
-    passwords.configure(app.config["ARGON2_TIME_COST"], app.config["ARGON2_MEMORY_COST_KIB"])
 
 
 @pytest.fixture

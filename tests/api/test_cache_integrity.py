@@ -26,22 +26,7 @@ from app.posts.cache import POST_KIND
 from app.users.cache import USER_KIND
 from tests.factories import Account
 from tests.support.backends import CACHE_DIR, ON_POSTGRES, REDIS_URL
-
-
-def read_raw(kind: str, public_id: object) -> bytes | None:
-    """The bytes stored for one entry, straight from the backend."""
-    key = cache_key(kind, public_id)
-    if REDIS_URL:
-        client = redis.Redis.from_url(REDIS_URL)
-        try:
-            return client.get(key)  # type: ignore[return-value]
-        finally:
-            client.close()
-    import diskcache
-
-    with diskcache.Cache(CACHE_DIR) as disk:
-        value = disk.get(key)
-    return value if isinstance(value, bytes) else None
+from tests.support.cache import raw_entry
 
 
 def write_raw(kind: str, public_id: object, raw: bytes) -> None:
@@ -77,7 +62,7 @@ def delete_raw(kind: str, public_id: object) -> None:
 
 def tamper(kind: str, public_id: object, edit: Callable[[dict[str, Any]], None]) -> None:
     """Edit the data of a cached entry (which must be there) and store it back."""
-    raw = read_raw(kind, public_id)
+    raw = raw_entry(kind, public_id)
     assert raw is not None, f"no cached {kind} entry for {public_id}: nothing to tamper with"
     entry = json.loads(raw)
     edit(entry["d"])
@@ -87,7 +72,7 @@ def tamper(kind: str, public_id: object, edit: Callable[[dict[str, Any]], None])
 def cached_user(account: Account) -> dict[str, Any]:
     """The user's cached entry data, filled by an authenticated request."""
     assert account.client.get("/api/me", headers=account.headers).status_code == 200
-    raw = read_raw(USER_KIND, account.id)
+    raw = raw_entry(USER_KIND, account.id)
     assert raw is not None, "an authenticated request caches its user's state"
     data: dict[str, Any] = json.loads(raw)["d"]
     return data
@@ -117,7 +102,7 @@ def test_alices_entry_copied_under_bobs_key_is_refused(account: Account, bob: Ac
     post = account.post_as("Alice's post", status="published")
     cached_user(account)
     cached_user(bob)
-    alices = read_raw(USER_KIND, account.id)
+    alices = raw_entry(USER_KIND, account.id)
     assert alices is not None
 
     write_raw(USER_KIND, bob.id, alices)  # a genuine entry, moved to another key
