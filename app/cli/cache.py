@@ -6,7 +6,8 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from app.core.cache import app_cache, warm
+from app.core.cache import app_cache
+from app.core.cache_warming import warm
 from app.extensions import db
 
 

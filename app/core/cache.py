@@ -40,7 +40,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,7 @@ from app.core.redis_client import skip_redis
 __all__ = ["PREFIX", "STATS_KEY", "Backend", "Cache", "DiskBackend", "RedisBackend"]
 
 if TYPE_CHECKING:
-    from flask import Flask
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -376,49 +376,3 @@ def app_cache() -> Cache:
     if cache is None:
         cache = current_app.extensions["cache"] = build_cache(current_app.config)
     return cache
-
-
-# Warming: each domain registers a warmer for its own kinds (app/users/cache.py, ...) --------
-
-# (cache, session, limit, batch) -> how many entries it filled.
-Warmer = Callable[[Cache, Any, int, int], int]
-WARMERS_KEY = "cache_warmers"
-
-
-def register_warmer(app: Flask, name: str, warmer: Warmer) -> None:
-    """Make `warm` (the `cache.warm` task, `flask cache warm`) fill `name` with `warmer`."""
-    app.extensions.setdefault(WARMERS_KEY, {})[name] = warmer
-
-
-def warm(cache: Cache, session: Any, *, limit: int, batch: int = 500) -> dict[str, int]:
-    """Run every registered warmer (the most recent `limit` rows of each, `batch` per pipelined
-    write). Idempotent and safe beside live writes: each entry goes through the version compare.
-    """
-    from flask import current_app
-
-    warmers: dict[str, Warmer] = current_app.extensions.get(WARMERS_KEY, {})
-    if not cache.enabled or limit <= 0:
-        return dict.fromkeys(warmers, 0)
-    return {name: warmer(cache, session, limit, batch) for name, warmer in warmers.items()}
-
-
-def fill_in_batches(
-    cache: Cache,
-    kind: str,
-    rows: Iterable[Any],
-    build: Callable[[Any], dict[str, Any]],
-    batch: int,
-) -> int:
-    """Fill `kind` from rows with `public_id` and `version`, `batch` entries per write."""
-    filled = 0
-    chunk: list[tuple[object, int, dict[str, Any]]] = []
-    for row in rows:
-        chunk.append((row.public_id, row.version, build(row)))
-        if len(chunk) >= batch:
-            cache.fill_many(kind, chunk)
-            filled += len(chunk)
-            chunk = []
-    if chunk:
-        cache.fill_many(kind, chunk)
-        filled += len(chunk)
-    return filled

@@ -11,7 +11,8 @@ from typing import Any, cast
 
 from flask import Flask
 
-from app.core.cache import Cache, app_cache, fill_in_batches, register_warmer
+from app.core.cache import Cache, app_cache
+from app.core.cache_warming import fill_in_batches, register_warmer
 from app.core.events import DomainEvent
 from app.core.tasks import enqueue
 from app.posts.models import Post

@@ -11,7 +11,8 @@ import redis
 from flask import current_app
 from sqlalchemy.exc import OperationalError
 
-from app.core.cache import app_cache, warm
+from app.core.cache import app_cache
+from app.core.cache_warming import warm
 from app.core.redis_client import get_redis
 from app.extensions import celery, db
 from app.posts.service import PostService
