@@ -34,6 +34,9 @@ from tests.support.paths import ROOT
 MAKE = shutil.which("make")
 pytestmark = pytest.mark.skipif(MAKE is None, reason="needs GNU make")
 PREFIXED = re.compile(r"^\d\d:\d\d:\d\d (system|web\.1|worker\.1|beat\.1)\s*\| (.*)$")
+# honcho prints what it reads from a process in chunks: a chunk may end just before a line's
+# newline, and the next prefixed line is then glued to it. Lines start at each prefix.
+LINE_START = re.compile(r"(?=\d\d:\d\d:\d\d (?:system|web\.1|worker\.1|beat\.1)\s*\| )")
 PROCESSES = ("web.1", "worker.1", "beat.1")
 
 
@@ -92,8 +95,16 @@ class MakeRun:
         """(process, text) of every prefixed line."""
         return [
             (match.group(1), match.group(2))
-            for match in map(PREFIXED.match, self.output().splitlines())
+            for match in map(PREFIXED.match, self._split_lines())
             if match
+        ]
+
+    def _split_lines(self) -> list[str]:
+        return [
+            piece.rstrip("\n")
+            for line in self.output().splitlines()
+            for piece in LINE_START.split(line)
+            if piece
         ]
 
     def said(self, process: str) -> str:
