@@ -19,8 +19,19 @@ class Passwords:
 
     def configure(self, time_cost: int, memory_cost_kib: int) -> None:
         self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost_kib)
-        # Verified against when the email is unknown, so both paths cost one hash (no enumeration).
-        self._dummy_hash = self._hasher.hash("dummy password for timing")
+        self._dummy: str | None = None  # made on first need: a hash costs ~0.2 s at start-up
+
+    @property
+    def _dummy_hash(self) -> str:
+        """Verified against when the email is unknown, so both paths cost one hash (no
+        enumeration). The web makes it at start (`prepare`), so no login pays for it."""
+        if self._dummy is None:
+            self._dummy = self._hasher.hash("dummy password for timing")
+        return self._dummy
+
+    def prepare(self) -> None:
+        """Make the dummy hash now (a web process, before it serves its first login)."""
+        _ = self._dummy_hash
 
     def hash(self, password: str) -> str:
         return self._hasher.hash(password)

@@ -28,8 +28,8 @@ from sqlalchemy import exc as sa_exc
 from app import create_app
 from app.auth.blocklist import TokenBlocklist
 from app.core.errors import database_unavailable
+from app.core.publishing import enqueue
 from app.core.redis_client import redis_budget
-from app.core.tasks import enqueue
 from app.extensions import db
 from tests.factories import PASSWORD, unique
 from tests.support.assertions import assert_error
