@@ -191,11 +191,6 @@ def register_extensions(app: Flask) -> None:
         },
     )
     register_passwords(app)
-    if app.extensions["role"] == "web":
-        # A login for an unknown email verifies against this: made now, not by the first one.
-        from app.core.security import passwords
-
-        passwords.prepare()
     register_swagger_ui(app)
     register_migrate(app)
     jwt.init_app(app)

@@ -24,21 +24,19 @@ class Passwords:
     @property
     def _dummy_hash(self) -> str:
         """Verified against when the email is unknown, so both paths cost one hash (no
-        enumeration). The web makes it at start (`prepare`), so no login pays for it."""
+        enumeration). Made by the process's first `verify`, whatever the email: that first
+        login costs one hash more either way, and no process start waits for it."""
         if self._dummy is None:
             self._dummy = self._hasher.hash("dummy password for timing")
         return self._dummy
-
-    def prepare(self) -> None:
-        """Make the dummy hash now (a web process, before it serves its first login)."""
-        _ = self._dummy_hash
 
     def hash(self, password: str) -> str:
         return self._hasher.hash(password)
 
     def verify(self, password_hash: str | None, password: str) -> bool:
+        dummy = self._dummy_hash  # first, for known and unknown emails alike
         try:
-            return self._hasher.verify(password_hash or self._dummy_hash, password) and bool(
+            return self._hasher.verify(password_hash or dummy, password) and bool(
                 password_hash
             )
         except (VerificationError, InvalidHashError, UnicodeError):
