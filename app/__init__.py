@@ -1,16 +1,21 @@
-"""The application factory, in named steps."""
+"""The application factory, in named steps.
+
+Importing this package imports nothing heavy (each step imports what it uses): the processes
+that only need a module of it (`make run`'s supervisor, gunicorn's master reading its logging
+set-up) start quickly.
+"""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import click
-from flask import Flask
-from sqlalchemy import event
+if TYPE_CHECKING:
+    import click
+    from flask import Flask
 
-from app.settings import Settings
+    from app.settings import Settings
 
 Role = Literal["web", "worker", "cli"]
 
@@ -27,6 +32,10 @@ def create_app(
     - "cli": the other `flask` commands (wsgi.py picks it), logging plain text on stderr:
       the data and the commands, each loading what it uses when it runs (`register_cli_commands`).
     """
+    from flask import Flask
+
+    from app.settings import Settings
+
     if not isinstance(settings, Settings):
         settings = Settings.from_env(**(settings or {}))
     app = Flask(__name__, instance_path=str(settings.instance_dir), instance_relative_config=False)
@@ -66,6 +75,8 @@ def register_web(app: Flask) -> None:
 
 def register_data(app: Flask) -> None:
     """The database: what every role uses."""
+    from sqlalchemy import event
+
     from app.core.db import remove_session_quietly, sqlite_pragmas
     from app.extensions import db
 
@@ -191,6 +202,10 @@ def register_extensions(app: Flask) -> None:
         },
     )
     register_passwords(app)
+    if app.extensions["role"] == "web":
+        from app.core.security import passwords
+
+        passwords.prepare()  # a CLI app adding the web machinery (`flask openapi`) needs none
     register_swagger_ui(app)
     register_migrate(app)
     jwt.init_app(app)

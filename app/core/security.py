@@ -24,11 +24,15 @@ class Passwords:
     @property
     def _dummy_hash(self) -> str:
         """Verified against when the email is unknown, so both paths cost one hash (no
-        enumeration). Made by the process's first `verify`, whatever the email: that first
-        login costs one hash more either way, and no process start waits for it."""
+        enumeration). The web makes it as it starts (`prepare`; gunicorn's master, once for
+        all its workers); elsewhere the first `verify` does, whatever the email."""
         if self._dummy is None:
             self._dummy = self._hasher.hash("dummy password for timing")
         return self._dummy
+
+    def prepare(self) -> None:
+        """Make the dummy hash now, so no login waits for it."""
+        _ = self._dummy_hash
 
     def hash(self, password: str) -> str:
         return self._hasher.hash(password)
@@ -36,9 +40,7 @@ class Passwords:
     def verify(self, password_hash: str | None, password: str) -> bool:
         dummy = self._dummy_hash  # first, for known and unknown emails alike
         try:
-            return self._hasher.verify(password_hash or dummy, password) and bool(
-                password_hash
-            )
+            return self._hasher.verify(password_hash or dummy, password) and bool(password_hash)
         except (VerificationError, InvalidHashError, UnicodeError):
             return False
 
