@@ -30,7 +30,7 @@ control_socket_disable = True
 # The master builds the app once and forks the workers from it: they start at once, instead of
 # each importing and building it (on two cores next to Celery, ~1 s off the time to /ready).
 # Building opens no connection and starts no thread (the engine, Redis clients and Celery's
-# pools connect on first use, in a worker; tests/system/test_server.py checks), and the master
+# pools connect on first use, in a worker: tests/system/test_process_startup.py), and the master
 # never publishes a task. A code change needs a restart: HUP re-forks the same app.
 preload_app = True
 
@@ -53,7 +53,8 @@ logconfig_dict = gunicorn_logconfig_dict(loglevel)
 
 
 def on_starting(server: Any) -> None:
-    """Master, before the first fork: empty the metrics directory of a previous run's files."""
+    """Master, before the first fork: empty the metrics directory of a previous run's files (and
+    of the master's own, from building the app: each worker writes its own as it starts)."""
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(directory, exist_ok=True)
     stale = glob.glob(os.path.join(directory, "*.db"))  # as app.core.metrics.clean_multiprocess_dir
