@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -161,7 +162,7 @@ def test_seeded_rows_rebuild_from_their_events(app, client) -> None:
         db.session.remove()
     assert len(ids) == 9
     for kind, raw in ids:
-        public_id = str(raw if not isinstance(raw, str) else __import__("uuid").UUID(raw))
+        public_id = str(raw if isinstance(raw, uuid.UUID) else uuid.UUID(raw))
         view, deleted = row_view(app, kind, public_id)
         assert not deleted
         assert replayed_view(kind, public_id, events_of(app, public_id)) == view

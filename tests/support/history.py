@@ -40,16 +40,20 @@ def events_of(app: Flask, public_id: str) -> list[Event]:
         return rows
 
 
-def replayed_view(kind: str, public_id: str, events: list[Event]) -> dict[str, Any] | None:
-    """The representation every event of the aggregate folds to (from version 1, no snapshot);
-    None when the events leave it deleted."""
+def replayed(kind: str, public_id: str, events: list[Event]) -> tuple[dict[str, Any], bool]:
+    """The representation every event of the aggregate folds to (from version 1, no snapshot,
+    no gap allowed), and whether the events leave it deleted."""
     fold = Fold()
     for event in events:
         assert fold.apply(event), f"version {event.aggregate_version} after {fold.version}"
-    if fold.deleted:
-        return None
     render = private_user_from_state if kind == "user" else post_from_state
-    return render(public_id, fold.version, fold.state)
+    return render(public_id, fold.version, fold.state), fold.deleted
+
+
+def replayed_view(kind: str, public_id: str, events: list[Event]) -> dict[str, Any] | None:
+    """`replayed`, None when the events leave it deleted."""
+    view, deleted = replayed(kind, public_id, events)
+    return None if deleted else view
 
 
 def row_view(app: Flask, kind: str, public_id: str) -> tuple[dict[str, Any], bool]:
@@ -92,3 +96,42 @@ def fold_states(events: list[Event]) -> dict[int, dict[str, Any]]:
         assert fold.apply(event)
         states[fold.version] = dict(fold.state)
     return states
+
+
+def everything(app: Flask, kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """For each aggregate (id -> "user" | "post"), in four queries: its events (version order),
+    its snapshots (version, horizon, state), its row's representation and whether it is
+    deleted."""
+    ids = [uuid.UUID(i) for i in kinds]
+    found: dict[str, dict[str, Any]] = {i: {"events": [], "snapshots": []} for i in kinds}
+    with app.app_context():
+        session = db.session
+        for event in session.scalars(
+            sa.select(Event).where(Event.aggregate_id.in_(ids)).order_by(Event.aggregate_version)
+        ):
+            found[str(event.aggregate_id)]["events"].append(event)
+        for row in session.execute(
+            sa.select(Snapshot.aggregate_id, Snapshot.version, Snapshot.horizon, Snapshot.state)
+            .where(Snapshot.aggregate_id.in_(ids))
+            .order_by(Snapshot.version)
+        ):
+            found[str(row.aggregate_id)]["snapshots"].append((row.version, row.horizon, row.state))
+        users = session.scalars(
+            sa.select(User)
+            .where(User.public_id.in_(ids))
+            .execution_options(**{INCLUDE_DELETED: True})
+        )
+        for user in users:
+            found[str(user.public_id)]["row"] = (private_user(user), user.deleted_at is not None)
+        posts = session.scalars(
+            sa.select(Post)
+            .join(Post.author)
+            .options(sa.orm.contains_eager(Post.author))
+            .where(Post.public_id.in_(ids))
+            .execution_options(**{INCLUDE_DELETED: True})
+        )
+        for post in posts:
+            found[str(post.public_id)]["row"] = (public_post(post), post.deleted_at is not None)
+        session.expunge_all()
+        session.remove()
+    return found
