@@ -19,7 +19,7 @@ replays start from snapshots. Settings are modest and derandomised: it runs in `
 from __future__ import annotations
 
 import string
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from unittest import mock
 
@@ -33,7 +33,15 @@ from app.extensions import db
 from app.posts.repository import PostRepository
 from tests import factories
 from tests.factories import PASSWORD, Account, unique
-from tests.support.history import as_of, events_of, everything, fold_states, replayed
+from tests.support.history import (
+    as_of,
+    events_of,
+    everything,
+    fold_states,
+    midpoint,
+    replayed,
+    shift,
+)
 
 SETTINGS = settings(
     derandomize=True,
@@ -50,17 +58,8 @@ FAILURES = ["invalid", "stale", "crash", "conflict", "crash_cascade"]
 Timeline = list[tuple[str, dict[str, Any] | None]]  # (instant, body then; None: deleted)
 
 
-def _shift(instant: str, microseconds: float) -> str:
-    return (datetime.fromisoformat(instant) + timedelta(microseconds=microseconds)).isoformat()
-
-
 def _later(a: str, b: str) -> bool:
     return datetime.fromisoformat(a) > datetime.fromisoformat(b)
-
-
-def _midpoint(a: str, b: str) -> str:
-    start, end = datetime.fromisoformat(a), datetime.fromisoformat(b)
-    return (start + (end - start) / 2).isoformat()
 
 
 def test_history_replays_every_write_and_answers_every_instant(make_app) -> None:
@@ -293,11 +292,11 @@ def test_history_replays_every_write_and_answers_every_instant(make_app) -> None
                     assert response.status_code == 200, (instant, response.json)
                     assert response.json["data"] == body, instant
 
-            expect(_shift(timeline[0][0], -1), None)  # just before it existed
+            expect(shift(timeline[0][0], -1), None)  # just before it existed
             for (instant, body), following in zip(timeline, [*timeline[1:], None], strict=True):
                 expect(instant, body)
                 if following is not None and _later(following[0], instant):
-                    expect(_midpoint(instant, following[0]), body)
+                    expect(midpoint(instant, following[0]), body)
 
         def teardown(self) -> None:
             for public_id in self.timelines:

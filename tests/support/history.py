@@ -4,6 +4,7 @@ its current row, straight from the database."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +19,29 @@ from app.posts.models import Post
 from app.posts.representation import post_from_state, public_post
 from app.users.models import User
 from app.users.representation import private_user, private_user_from_state
+
+# The fields of an event as the contract lists them (§8).
+EVENT_KEYS = frozenset(
+    {"id", "type", "aggregate", "actor_id", "occurred_at", "version", "changes", "request_id"}
+)
+
+
+def shift(instant: str, microseconds: float) -> str:
+    """An ISO instant moved by some microseconds."""
+    return (datetime.fromisoformat(instant) + timedelta(microseconds=microseconds)).isoformat()
+
+
+def midpoint(a: str, b: str) -> str:
+    """The instant halfway between two ISO instants."""
+    start, end = datetime.fromisoformat(a), datetime.fromisoformat(b)
+    return (start + (end - start) / 2).isoformat()
+
+
+def trail(client: Any, path: str, account: Any, **query: Any) -> list[dict[str, Any]]:
+    """The events of `path`'s resource as `account` reads them (one page)."""
+    response = client.get(f"{path}/events", query_string=query, headers=account.headers)
+    assert response.status_code == 200, response.json
+    return list(response.json["data"])
 
 
 def as_of(path: str, instant: str) -> str:
