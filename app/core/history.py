@@ -22,7 +22,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -240,26 +240,34 @@ def write_due_snapshots(session: Session, events: Sequence[Mapping[str, Any]]) -
 INSTANT_FORMAT = (
     "Expected an ISO 8601 timestamp with a time and a UTC offset, e.g. 2026-11-21T04:12:00Z."
 )
+_LEAP_SECOND = re.compile(r"(T\d{2}:?\d{2}):?60(?:[.,]\d+)?")
 _UNENCODED_PLUS = re.compile(r"^(.*[T ]\d{2}:?\d{2}(?::?\d{2}(?:[.,]\d+)?)?) (\d{2}(?::?\d{2})?)$")
 
 
 def parse_instant(text: str) -> datetime:
-    """An ISO 8601 timestamp with a UTC offset (`Z` or `+hh:mm`), as a UTC datetime.
+    """An ISO 8601 / RFC 3339 timestamp with a UTC offset (`Z` or `+hh:mm`), as UTC.
 
     A date alone or a time without an offset is refused (ValueError): which zone was meant
     cannot be known, and a guess would answer for the wrong instant. A `+` that arrived as a
-    space (left unencoded in a query string) is read as the `+` it was."""
+    space (left unencoded in a query string) is read as the `+` it was; RFC 3339's lower-case
+    `t`/`z` and leap second (`:60`, read as the last microsecond of that minute) are accepted,
+    and an instant beyond what a datetime holds in UTC is clamped to the first or last one."""
     value = text.strip()
     plus = _UNENCODED_PLUS.match(value)
     if plus:
         value = f"{plus.group(1)}+{plus.group(2)}"
+    value = _LEAP_SECOND.sub(r"\1:59.999999", value[:10] + value[10:].upper())
     try:
         parsed = datetime.fromisoformat(value)
-        if parsed.tzinfo is None or parsed.utcoffset() is None:
-            raise ValueError("no offset")
-        return parsed.astimezone(UTC)
-    except (ValueError, OverflowError):
+    except ValueError:
         raise ValueError(INSTANT_FORMAT) from None
+    offset = parsed.utcoffset()
+    if offset is None:
+        raise ValueError(INSTANT_FORMAT)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: before the first UTC datetime
+        return (datetime.min if offset > timedelta(0) else datetime.max).replace(tzinfo=UTC)
 
 
 def _instant(value: Any) -> datetime | None:
