@@ -163,6 +163,7 @@ class Seeder:
         fields = ("title", "body", "status") if kind.startswith("post") else ("email", "username")
         values = {f: row[f] for f in fields}
         return {
+            "event_id": uuid.uuid4(),
             "event_type": kind,
             "aggregate_type": kind.split(".")[0],
             "aggregate_id": row["public_id"],

@@ -20,6 +20,9 @@ class Event(Base):
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
     )
+    # The public id (the contract's event `id`; feed consumers deduplicate by it). The integer
+    # key above is the log's internal order.
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid(), unique=True, default=uuid.uuid4)
     event_type: Mapped[str] = mapped_column(sa.String(64))
     aggregate_type: Mapped[str] = mapped_column(sa.String(32))
     aggregate_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid())
@@ -48,3 +51,4 @@ class DomainEvent:
     # Related aggregates an effect needs but the stored row does not carry (e.g. a post's
     # author, whose counts change): handed to the handlers, never stored.
     refs: dict[str, Any] = field(default_factory=dict)
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)

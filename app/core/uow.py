@@ -101,18 +101,18 @@ class UnitOfWork:
         `refs` (related aggregates) go to the handlers only."""
         values = {k: _jsonable(v) for k, v in (values or {}).items()}
         fields = sorted({*values, *secret_fields})
-        self._recorded.append(
-            DomainEvent(
-                event_type,
-                aggregate_id,
-                version,
-                fields=frozenset(fields),
-                values=values,
-                refs=dict(refs or {}),
-            )
+        domain_event = DomainEvent(
+            event_type,
+            aggregate_id,
+            version,
+            fields=frozenset(fields),
+            values=values,
+            refs=dict(refs or {}),
         )
+        self._recorded.append(domain_event)
         self._events.append(
             {
+                "event_id": domain_event.event_id,
                 "event_type": event_type,
                 "aggregate_type": aggregate_type,
                 "aggregate_id": aggregate_id,

@@ -68,10 +68,11 @@ def test_events_are_append_only(app) -> None:
     with app.app_context():
         db.session.execute(
             sa.text(
-                "INSERT INTO events (event_type, aggregate_type, aggregate_id, aggregate_version,"
-                " occurred_at, data) VALUES ('x.test', 'x', :id, 1, CURRENT_TIMESTAMP, '{}')"
+                "INSERT INTO events (event_id, event_type, aggregate_type, aggregate_id,"
+                " aggregate_version, occurred_at, data)"
+                " VALUES (:event_id, 'x.test', 'x', :id, 1, CURRENT_TIMESTAMP, '{}')"
             ),
-            {"id": uuid.uuid4().hex},
+            {"event_id": uuid.uuid4().hex, "id": uuid.uuid4().hex},
         )
         db.session.commit()
         for statement in ("UPDATE events SET event_type = 'changed'", "DELETE FROM events"):
