@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from functools import cache
 from types import TracebackType
 from typing import Any
@@ -23,9 +24,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.core.context import current_client_request_id, current_request_id
-from app.core.db import Base
+from app.core.db import Base, utcnow
 from app.core.errors import Conflict
 from app.core.events import DomainEvent, Event
+from app.core.history import write_due_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +98,12 @@ class UnitOfWork:
         values: dict[str, Any] | None = None,
         secret_fields: Iterable[str] = (),
         refs: dict[str, Any] | None = None,
+        occurred_at: datetime | None = None,
     ) -> None:
-        """Queue an event row for this transaction. Secret fields are named, never stored;
-        `refs` (related aggregates) go to the handlers only."""
+        """Queue an event row for this transaction. `values` holds every representation field
+        the write changed (timestamps too: the events alone rebuild the resource); secret
+        fields are named, never stored; `refs` (related aggregates) go to the handlers only;
+        `occurred_at` is the write's own timestamp (the `updated_at` it set)."""
         values = {k: _jsonable(v) for k, v in (values or {}).items()}
         fields = sorted({*values, *secret_fields})
         domain_event = DomainEvent(
@@ -118,6 +123,7 @@ class UnitOfWork:
                 "aggregate_id": aggregate_id,
                 "aggregate_version": version,
                 "actor_id": self.actor_id,
+                "occurred_at": occurred_at or utcnow(),
                 "request_id": current_request_id(),
                 "client_request_id": current_client_request_id(),
                 "data": {"fields": fields, "values": values},
@@ -129,6 +135,7 @@ class UnitOfWork:
             self.session.flush()
             if self._events:
                 self.session.execute(insert(Event), self._events)
+                write_due_snapshots(self.session, self._events)  # bounded replay for as_of
             self.session.commit()
         except (IntegrityError, StaleDataError) as exc:
             self.session.rollback()

@@ -251,6 +251,10 @@ class Settings:
         "PAGINATION_EXACT_COUNT_LIMIT", 100_000, at_least(0)
     )
 
+    # History: a snapshot of an aggregate's state every this many of its events, written in the
+    # write's transaction, so `as_of` replays fewer than this many events (app/core/history.py).
+    events_snapshot_every: int = setting("EVENTS_SNAPSHOT_EVERY", 100, at_least(1))
+
     # Probes and metrics: low-disk threshold; the oldest migration /ready accepts during an
     # expand -> contract rollout ("" = head only); per-check timeout; /metrics bearer token
     # (None = open); the Celery workers' metrics directory merged into /metrics (None = off).

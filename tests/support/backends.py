@@ -24,7 +24,16 @@ from app.extensions import db
 DATABASE_URL = os.environ.get("DATABASE_URL") or None
 REDIS_URL = os.environ.get("REDIS_URL") or None
 ON_POSTGRES = bool(DATABASE_URL and DATABASE_URL.startswith("postgresql"))
-TABLES = ("backfill_runs", "events", "idempotency_keys", "posts", "revoked_tokens", "users")
+TABLES = (
+    "backfill_runs",
+    "events",
+    "events_prune_gate",
+    "idempotency_keys",
+    "posts",
+    "revoked_tokens",
+    "snapshots",
+    "users",
+)
 
 needs_postgres = pytest.mark.skipif(
     not ON_POSTGRES, reason="needs PostgreSQL: set DATABASE_URL=postgresql+psycopg://..."
