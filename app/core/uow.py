@@ -1,6 +1,9 @@
 """Unit of work: one transaction, the events it appends, and the effects they drive after it
 commits.
 
+Each event also gets its outbox row in the same transaction (app/core/outbox.py), from which
+the relay publishes the feed; so no write commits without its event and its place in the feed.
+
 Services record what happened (`uow.record("post.updated", ...)`); which effects follow each
 event type (cache tombstones, write-through tasks, count generations) is one table the app
 registers (`register_event_handlers`, app/events/handlers.py's `EVENT_HANDLERS`). The unit of
@@ -26,6 +29,7 @@ from app.core.context import current_client_request_id, current_request_id
 from app.core.db import Base
 from app.core.errors import Conflict
 from app.core.events import DomainEvent, Event
+from app.core.outbox import Outbox, outbox_row
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +133,8 @@ class UnitOfWork:
             self.session.flush()
             if self._events:
                 self.session.execute(insert(Event), self._events)
+                # Same transaction: a committed event is always queued for the feed.
+                self.session.execute(insert(Outbox), [outbox_row(e) for e in self._events])
             self.session.commit()
         except (IntegrityError, StaleDataError) as exc:
             self.session.rollback()

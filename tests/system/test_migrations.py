@@ -14,7 +14,16 @@ from app.extensions import db
 from tests.support.backends import DATABASE_URL, ON_POSTGRES, test_config
 from tests.support.scratch_db import scratch_database
 
-APP_TABLES = {"users", "posts", "events", "revoked_tokens", "idempotency_keys", "backfill_runs"}
+APP_TABLES = {
+    "users",
+    "posts",
+    "events",
+    "revoked_tokens",
+    "idempotency_keys",
+    "backfill_runs",
+    "outbox",
+    "outbox_shards",
+}
 
 
 @pytest.fixture

@@ -1,0 +1,81 @@
+"""`flask outbox relay` (the relay process) and `flask outbox status`."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from app.core.metrics import multiprocess_dir, remove_dead_process_files
+from app.core.outbox import oldest_pending_age, pending_count, shard_leases
+from app.core.outbox_relay import Relay, celery_publisher
+from app.core.tasks import FEED_TASK
+from app.extensions import db
+
+
+@click.group("outbox", help="The transactional outbox and its relay (the event feed).")
+def outbox_cli() -> None:
+    """The transactional outbox and its relay (the event feed)."""
+
+
+@outbox_cli.command("relay")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Events read per claim (default OUTBOX_BATCH_SIZE).",
+)
+@click.option("--once", is_flag=True, help="One cycle, then exit (prints what it published).")
+@with_appcontext
+def relay_command(batch_size: int | None, once: bool) -> None:
+    """Publish committed events to the broker until SIGTERM or Ctrl-C (the cycle under way
+    finishes first). Run as many as you like: they share the shards through leases."""
+    config = current_app.config
+    celery = current_app.extensions["celery"]
+    relay = Relay(
+        db.engine,
+        celery_publisher(celery, config["OUTBOX_QUEUE"], FEED_TASK),
+        batch_size=batch_size or int(config["OUTBOX_BATCH_SIZE"]),
+        lease_seconds=float(config["OUTBOX_LEASE_SECONDS"]),
+    )
+    if once:
+        cycle = relay.run_once()
+        click.echo(f"published {cycle.published}, dropped {cycle.dropped}, more: {cycle.more}")
+        if cycle.error is not None:
+            raise click.ClickException(f"publishing failed: {cycle.error!r}")
+        return
+    if (directory := multiprocess_dir()) is not None:
+        remove_dead_process_files(directory)  # earlier relays' files; live siblings' stay
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    relay.run(
+        stop,
+        poll=float(config["OUTBOX_POLL_SECONDS"]),
+        idle_poll=float(config["OUTBOX_IDLE_POLL_SECONDS"]),
+    )
+
+
+@outbox_cli.command("status")
+@with_appcontext
+def status_command() -> None:
+    """Events waiting, the oldest one's age, and which relay holds which shard."""
+    with db.engine.connect() as conn:
+        pending = pending_count(conn)
+        age = oldest_pending_age(conn)
+        leases = shard_leases(conn)
+    click.echo(f"pending: {pending}")
+    click.echo(f"oldest pending: {age:.1f}s")
+    click.echo(f"queue: {current_app.config['OUTBOX_QUEUE']}")
+    if not leases:
+        click.echo("shards held: none")
+    for shard, owner, left in leases:
+        click.echo(f"shard {shard}: held by {owner} for {left:.1f}s more")

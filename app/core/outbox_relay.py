@@ -1,0 +1,290 @@
+"""The outbox relay: publishes committed events to the broker, in commit order per aggregate, at
+least once, and removes them from the outbox once the broker has them.
+
+One cycle:
+
+1. **Look** (a read, no lock): which shards have waiting rows and no live lease. Nothing waiting
+   is the idle case: one indexed query, no write.
+2. **Claim** up to half the shards, rotating, with a conditional UPDATE (free, expired or ours
+   -> ours until now + OUTBOX_LEASE_SECONDS), and read up to OUTBOX_BATCH_SIZE of their rows in
+   id order, in the same short transaction. Another relay's live lease is never taken, so a
+   shard (and every aggregate in it) is published by one relay at a time.
+3. **Publish** the events in id order, MESSAGE_EVENTS to a broker message; each message is
+   confirmed by the broker before the next is sent.
+4. **Acknowledge**: delete the rows of the confirmed messages and free the leases, in one
+   transaction. A relay killed between 3 and 4 leaves its rows and its leases: after the lease
+   runs out another relay publishes those rows again (at least once; consumers deduplicate by
+   event id), in the same order, before anything later of the same aggregates.
+
+No cursor is kept: a lower id that commits late is simply still in the outbox next cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, Row
+
+from app.core.events import Event
+from app.core.metrics import OUTBOX_PUBLISH_FAILURES, OUTBOX_PUBLISHED
+from app.core.outbox import SHARDS, Outbox, OutboxShard, event_json
+
+log = logging.getLogger(__name__)
+
+# Events per broker message: one publish costs ~1.5 ms whatever its size, so batching is what
+# makes thousands of events a second; a consumer still gets a bounded task.
+MESSAGE_EVENTS = 100
+CLAIM_SHARDS = SHARDS // 2  # per cycle: a second relay always finds shards to take
+ERROR_BACKOFF_MAX = 5.0  # seconds between attempts while the database or broker is away
+HEARTBEAT_SECONDS = 60.0  # an INFO line with the interval's totals this often
+
+# Publishes one broker message (the ordered events); returns once the broker confirmed it.
+Publish = Callable[[list[dict[str, Any]]], None]
+
+
+def _row_columns(postgres: bool) -> tuple[Any, ...]:
+    """The columns `event_json` reads. On PostgreSQL the uuids come as their text (the form
+    the JSON carries), sparing a uuid object per column per row; SQLite stores them as hex."""
+
+    def uuid_column(column: Any) -> Any:
+        return sa.cast(column, sa.Text).label(column.key) if postgres else column
+
+    return (
+        Outbox.id.label("outbox_id"),
+        uuid_column(Event.event_id),
+        Event.event_type,
+        Event.aggregate_type,
+        uuid_column(Event.aggregate_id),
+        Event.aggregate_version,
+        uuid_column(Event.actor_id),
+        Event.occurred_at,
+        Event.request_id,
+        Event.data,
+    )
+
+
+@dataclass
+class Cycle:
+    """What one cycle did."""
+
+    published: int = 0  # events the broker confirmed (and removed from the outbox)
+    dropped: int = 0  # rows whose event no longer exists (pruned): removed, not published
+    more: bool = False  # rows were left this relay could take at once
+    error: BaseException | None = None  # the publish that failed (its rows wait for later)
+
+
+def default_owner() -> str:
+    """This relay's name in the shard leases: host, process, and a nonce (a restarted process
+    with a recycled pid must not inherit a dead relay's leases)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"[:128]
+
+
+class Relay:
+    def __init__(
+        self,
+        engine: Engine,
+        publish: Publish,
+        *,
+        batch_size: int = 500,
+        lease_seconds: float = 30.0,
+        owner: str | None = None,
+        message_events: int = MESSAGE_EVENTS,
+    ) -> None:
+        self.engine = engine
+        self.publish = publish
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.owner = owner or default_owner()
+        self.message_events = message_events
+        self._turn = random.randrange(SHARDS)  # noqa: S311  # where this relay's rotation starts
+        self.published_total = 0
+        self._postgres = engine.dialect.name == "postgresql"
+        self._columns = _row_columns(self._postgres)
+
+    # --- one cycle -------------------------------------------------------------------------------
+
+    def run_once(self) -> Cycle:
+        """Claim, publish, acknowledge; the leases are freed whatever happens."""
+        now = time.time()
+        with self.engine.connect() as conn:  # one connection (one pool checkout) a cycle
+            free = self._claimable(conn, now)
+            conn.rollback()  # end the read: no snapshot held while publishing
+            if not free:
+                return Cycle()
+            wanted = self._rotate(free)
+            with self._transaction(conn):
+                claimed = self._claim(conn, wanted, now)
+                rows = self._read(conn, claimed) if claimed else []
+            cycle = Cycle(more=len(free) > len(claimed) or len(rows) >= self.batch_size)
+            if not claimed:
+                return cycle
+            done: list[int] = []
+            try:
+                self._publish(rows, done, cycle)
+            except Exception as exc:  # the broker refused or timed out: the rest waits
+                cycle.error = exc
+                cycle.more = False
+                OUTBOX_PUBLISH_FAILURES.inc()
+            finally:
+                with self._transaction(conn):
+                    self._acknowledge(conn, done, claimed)
+        self.published_total += cycle.published
+        return cycle
+
+    @contextmanager
+    def _transaction(self, conn: sa.Connection) -> Iterator[None]:
+        """The relay's own transactions need no flush to disk at commit: a claim or an
+        acknowledgement lost in a database crash only means publishing those events again."""
+        with conn.begin():
+            if self._postgres:
+                conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+            yield
+
+    def _claimable(self, conn: sa.Connection, now: float) -> list[int]:
+        """Shards with waiting rows and no live lease but ours (index probes, no lock)."""
+        waiting = sa.exists().where(Outbox.shard == OutboxShard.shard)
+        query = sa.select(OutboxShard.shard).where(self._free(now), waiting)
+        return list(conn.execute(query).scalars())
+
+    def _free(self, now: float) -> sa.ColumnElement[bool]:
+        return sa.or_(
+            OutboxShard.owner.is_(None),
+            OutboxShard.lease_until < now,
+            OutboxShard.owner == self.owner,
+        )
+
+    def _rotate(self, shards: Sequence[int]) -> list[int]:
+        """At most CLAIM_SHARDS of them, starting at this relay's turn (every shard is served)."""
+        self._turn = (self._turn + CLAIM_SHARDS) % SHARDS
+        ordered = sorted(shards, key=lambda shard: (shard - self._turn) % SHARDS)
+        return ordered[:CLAIM_SHARDS]
+
+    def _claim(self, conn: sa.Connection, shards: Sequence[int], now: float) -> list[int]:
+        # Compare-and-set: on PostgreSQL a concurrent claim of the same row waits for ours and
+        # re-checks the condition (then fails); SQLite has one writer at a time.
+        claimed = conn.execute(
+            sa.update(OutboxShard)
+            .where(OutboxShard.shard.in_(shards), self._free(now))
+            .values(owner=self.owner, lease_until=now + self.lease_seconds)
+            .returning(OutboxShard.shard)
+        )
+        return sorted(claimed.scalars())
+
+    def _read(self, conn: sa.Connection, shards: Sequence[int]) -> list[Row[Any]]:
+        return list(
+            conn.execute(
+                sa.select(*self._columns)
+                .select_from(Outbox)
+                .outerjoin(Event, Event.event_id == Outbox.event_id)
+                .where(Outbox.shard.in_(shards))
+                .order_by(Outbox.id)
+                .limit(self.batch_size)
+            )
+        )
+
+    def _publish(self, rows: Sequence[Row[Any]], done: list[int], cycle: Cycle) -> None:
+        """Publish in id order, a message at a time; `done` collects the confirmed rows."""
+        for start in range(0, len(rows), self.message_events):
+            chunk = rows[start : start + self.message_events]
+            events = [event_json(row) for row in chunk if row.event_type is not None]
+            if events:
+                self.publish(events)
+                OUTBOX_PUBLISHED.inc(len(events))
+            dropped = len(chunk) - len(events)
+            if dropped:
+                log.warning("outbox_event_missing", extra={"rows": dropped})
+            cycle.published += len(events)
+            cycle.dropped += dropped
+            done.extend(row.outbox_id for row in chunk)
+
+    def _acknowledge(self, conn: sa.Connection, done: Sequence[int], shards: Sequence[int]) -> None:
+        if done and self._postgres:  # one array parameter, not a bind per row
+            conn.execute(sa.delete(Outbox).where(Outbox.id == sa.func.any(sa.literal(done))))
+        elif done:
+            conn.execute(sa.delete(Outbox).where(Outbox.id.in_(done)))
+        conn.execute(
+            sa.update(OutboxShard)
+            .where(OutboxShard.shard.in_(shards), OutboxShard.owner == self.owner)
+            .values(owner=None, lease_until=0.0)
+        )
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, poll: float, idle_poll: float) -> None:
+        """Cycle until `stop` is set (the cycle under way finishes first). Straight on while
+        work is left; `poll` after a cycle that emptied what it could take; idle, the sleep
+        doubles up to `idle_poll`; after a failure it doubles up to ERROR_BACKOFF_MAX."""
+        delay = 0.0
+        interval_started, interval_published = time.monotonic(), 0
+        log.info("outbox_relay_started", extra={"owner": self.owner})
+        while not stop.is_set():
+            try:
+                cycle = self.run_once()
+            except Exception as exc:  # the database is away: nothing was published unacked
+                cycle = Cycle(error=exc)
+            interval_published += cycle.published
+            if cycle.error is not None:
+                log.warning(
+                    "outbox_relay_error",
+                    extra={"owner": self.owner, "error": type(cycle.error).__name__},
+                )
+                delay = min(max(idle_poll, ERROR_BACKOFF_MAX), max(poll, delay * 2))
+            elif cycle.more:
+                delay = 0.0
+            elif cycle.published:
+                delay = poll
+            else:
+                delay = min(idle_poll, max(poll, delay * 2))
+            if time.monotonic() - interval_started >= HEARTBEAT_SECONDS:
+                log.info(
+                    "outbox_relay_heartbeat",
+                    extra={"owner": self.owner, "published": interval_published},
+                )
+                interval_started, interval_published = time.monotonic(), 0
+            if delay:
+                stop.wait(delay)
+        log.info(
+            "outbox_relay_stopped",
+            extra={"owner": self.owner, "published_total": self.published_total},
+        )
+
+
+# --- publishing through the Celery app ------------------------------------------------------------
+
+# Each message gets a short retry in kombu; past it the relay backs off and tries again later.
+RELAY_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5}
+_CONFIRMING_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
+
+def celery_publisher(celery: Any, queue: str, task: str) -> Publish:
+    """Publish a batch as one `task` message on `queue`. On RabbitMQ with publisher confirms, so
+    a send returns only once the broker has the message (Redis answers LPUSH after applying it;
+    the embedded broker commits a row)."""
+    if str(celery.conf.broker_url).startswith(_CONFIRMING_SCHEMES):
+        options = dict(celery.conf.broker_transport_options or {})
+        celery.conf.broker_transport_options = {**options, "confirm_publish": True}
+
+    def publish(events: list[dict[str, Any]]) -> None:
+        celery.send_task(
+            task,
+            args=[events],
+            # Celery would otherwise build a repr of the whole batch for every message.
+            argsrepr=f"[{len(events)} events {events[0]['id']}..{events[-1]['id']}]",
+            queue=queue,
+            ignore_result=True,
+            retry=True,
+            retry_policy=RELAY_PUBLISH_RETRY,
+        )
+
+    return publish
