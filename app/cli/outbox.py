@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -39,6 +40,7 @@ def relay_command(batch_size: int | None, once: bool) -> None:
     relay = Relay(
         db.engine,
         celery_publisher(celery, config["OUTBOX_QUEUE"], FEED_TASK),
+        queue=config["OUTBOX_QUEUE"],
         batch_size=batch_size or int(config["OUTBOX_BATCH_SIZE"]),
         lease_seconds=float(config["OUTBOX_LEASE_SECONDS"]),
     )
@@ -49,6 +51,7 @@ def relay_command(batch_size: int | None, once: bool) -> None:
             raise click.ClickException(f"publishing failed: {cycle.error!r}")
         return
     if (directory := multiprocess_dir()) is not None:
+        os.makedirs(directory, exist_ok=True)
         remove_dead_process_files(directory)  # earlier relays' files; live siblings' stay
     stop = threading.Event()
 

@@ -95,12 +95,15 @@ CELERY_TASK_DURATION = Histogram(
 OUTBOX_PUBLISHED = Counter(
     "postboard_outbox_published",
     "Events the outbox relays published to the broker (each confirmed by it; a re-publish after "
-    "a relay died counts again).",
+    "a relay died counts again), by feed queue.",
+    ["queue"],
     registry=None,
 )
 OUTBOX_PUBLISH_FAILURES = Counter(
     "postboard_outbox_publish_failures",
-    "Relay cycles whose publish the broker refused or timed out (the events wait for a retry).",
+    "Relay cycles whose publish the broker refused or timed out (the events wait for a retry), "
+    "by feed queue.",
+    ["queue"],
     registry=None,
 )
 FEED_CONSUMED = Counter(
@@ -201,8 +204,8 @@ def init_metrics(app: Flask) -> None:
 def zero_series(app: Flask, cache_kinds: Iterable[str]) -> None:
     """Create every series an alert may watch at 0, so each family is in the first scrape (a
     labelled family has no sample, and so no line, until a child exists): requests, latency and
-    rate-limit refusals for each route and method (status 200 for the first two), and cache hits
-    and misses for each kind the domains cache."""
+    rate-limit refusals for each route and method (status 200 for the first two), cache hits
+    and misses for each kind the domains cache, and the relays' counters of the feed queue."""
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
@@ -213,6 +216,8 @@ def zero_series(app: Flask, cache_kinds: Iterable[str]) -> None:
     for kind in cache_kinds:
         CACHE_HITS.labels(kind=kind)
         CACHE_MISSES.labels(kind=kind)
+    OUTBOX_PUBLISHED.labels(queue=app.config["OUTBOX_QUEUE"])
+    OUTBOX_PUBLISH_FAILURES.labels(queue=app.config["OUTBOX_QUEUE"])
 
 
 _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}

@@ -96,6 +96,7 @@ class Relay:
         engine: Engine,
         publish: Publish,
         *,
+        queue: str = "events",
         batch_size: int = 500,
         lease_seconds: float = 30.0,
         owner: str | None = None,
@@ -107,6 +108,8 @@ class Relay:
         self.lease_seconds = lease_seconds
         self.owner = owner or default_owner()
         self.message_events = message_events
+        self._published = OUTBOX_PUBLISHED.labels(queue=queue)  # metric children, resolved once
+        self._failures = OUTBOX_PUBLISH_FAILURES.labels(queue=queue)
         self._turn = random.randrange(SHARDS)  # noqa: S311  # where this relay's rotation starts
         self.published_total = 0
         self._postgres = engine.dialect.name == "postgresql"
@@ -135,7 +138,7 @@ class Relay:
             except Exception as exc:  # the broker refused or timed out: the rest waits
                 cycle.error = exc
                 cycle.more = False
-                OUTBOX_PUBLISH_FAILURES.inc()
+                self._failures.inc()
             finally:
                 with self._transaction(conn):
                     self._acknowledge(conn, done, claimed)
@@ -200,7 +203,7 @@ class Relay:
             events = [event_json(row) for row in chunk if row.event_type is not None]
             if events:
                 self.publish(events)
-                OUTBOX_PUBLISHED.inc(len(events))
+                self._published.inc(len(events))
             dropped = len(chunk) - len(events)
             if dropped:
                 log.warning("outbox_event_missing", extra={"rows": dropped})

@@ -169,4 +169,4 @@ def test_metrics_show_the_backlog_and_its_age(
     samples = parse(client.get("/metrics").get_data(as_text=True))
     assert value(samples, "postboard_outbox_pending") == 2
     assert value(samples, "postboard_outbox_oldest_pending_seconds") > 0
-    assert ("postboard_outbox_published_total", frozenset()) in samples
+    assert "postboard_outbox_published_total" in {name for name, _ in samples}
