@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine, Row
 
 from app.core.events import Event
@@ -74,6 +75,51 @@ def _row_columns(postgres: bool) -> tuple[Any, ...]:
     )
 
 
+@dataclass(frozen=True)
+class Statements:
+    """The relay's statements, built once (building SQLAlchemy constructs every cycle costs
+    more CPU than running them); values come as parameters."""
+
+    claimable: sa.Select[Any]
+    claim: Any
+    read: sa.Select[Any]
+    delete: Any
+    release: Any
+
+    @classmethod
+    def for_dialect(cls, dialect: str) -> Statements:
+        postgres = dialect == "postgresql"
+        shards: sa.BindParameter[Any] = sa.bindparam("shards", expanding=True)
+        free = sa.or_(
+            OutboxShard.owner.is_(None),
+            OutboxShard.lease_until < sa.bindparam("now"),
+            OutboxShard.owner == sa.bindparam("me"),
+        )
+        waiting = sa.exists().where(Outbox.shard == OutboxShard.shard)
+        if postgres:  # one array parameter, not a bind per row
+            ids = sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger))
+            acknowledged = Outbox.id == sa.func.any(ids)
+        else:
+            acknowledged = Outbox.id.in_(sa.bindparam("ids", expanding=True))
+        return cls(
+            claimable=sa.select(OutboxShard.shard).where(free, waiting),
+            claim=sa.update(OutboxShard)
+            .where(OutboxShard.shard.in_(shards), free)
+            .values(owner=sa.bindparam("me"), lease_until=sa.bindparam("until"))
+            .returning(OutboxShard.shard),
+            read=sa.select(*_row_columns(postgres))
+            .select_from(Outbox)
+            .outerjoin(Event, Event.event_id == Outbox.event_id)
+            .where(Outbox.shard.in_(shards))
+            .order_by(Outbox.id)
+            .limit(sa.bindparam("limit")),
+            delete=sa.delete(Outbox).where(acknowledged),
+            release=sa.update(OutboxShard)
+            .where(OutboxShard.shard.in_(shards), OutboxShard.owner == sa.bindparam("me"))
+            .values(owner=None, lease_until=0.0),
+        )
+
+
 @dataclass
 class Cycle:
     """What one cycle did."""
@@ -112,8 +158,7 @@ class Relay:
         self._failures = OUTBOX_PUBLISH_FAILURES.labels(queue=queue)
         self._turn = random.randrange(SHARDS)  # noqa: S311  # where this relay's rotation starts
         self.published_total = 0
-        self._postgres = engine.dialect.name == "postgresql"
-        self._columns = _row_columns(self._postgres)
+        self._sql = Statements.for_dialect(engine.dialect.name)
 
     # --- one cycle -------------------------------------------------------------------------------
 
@@ -147,25 +192,12 @@ class Relay:
 
     @contextmanager
     def _transaction(self, conn: sa.Connection) -> Iterator[None]:
-        """The relay's own transactions need no flush to disk at commit: a claim or an
-        acknowledgement lost in a database crash only means publishing those events again."""
         with conn.begin():
-            if self._postgres:
-                conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
             yield
 
     def _claimable(self, conn: sa.Connection, now: float) -> list[int]:
         """Shards with waiting rows and no live lease but ours (index probes, no lock)."""
-        waiting = sa.exists().where(Outbox.shard == OutboxShard.shard)
-        query = sa.select(OutboxShard.shard).where(self._free(now), waiting)
-        return list(conn.execute(query).scalars())
-
-    def _free(self, now: float) -> sa.ColumnElement[bool]:
-        return sa.or_(
-            OutboxShard.owner.is_(None),
-            OutboxShard.lease_until < now,
-            OutboxShard.owner == self.owner,
-        )
+        return list(conn.execute(self._sql.claimable, {"now": now, "me": self.owner}).scalars())
 
     def _rotate(self, shards: Sequence[int]) -> list[int]:
         """At most CLAIM_SHARDS of them, starting at this relay's turn (every shard is served)."""
@@ -177,23 +209,19 @@ class Relay:
         # Compare-and-set: on PostgreSQL a concurrent claim of the same row waits for ours and
         # re-checks the condition (then fails); SQLite has one writer at a time.
         claimed = conn.execute(
-            sa.update(OutboxShard)
-            .where(OutboxShard.shard.in_(shards), self._free(now))
-            .values(owner=self.owner, lease_until=now + self.lease_seconds)
-            .returning(OutboxShard.shard)
+            self._sql.claim,
+            {
+                "shards": list(shards),
+                "now": now,
+                "me": self.owner,
+                "until": now + self.lease_seconds,
+            },
         )
         return sorted(claimed.scalars())
 
     def _read(self, conn: sa.Connection, shards: Sequence[int]) -> list[Row[Any]]:
         return list(
-            conn.execute(
-                sa.select(*self._columns)
-                .select_from(Outbox)
-                .outerjoin(Event, Event.event_id == Outbox.event_id)
-                .where(Outbox.shard.in_(shards))
-                .order_by(Outbox.id)
-                .limit(self.batch_size)
-            )
+            conn.execute(self._sql.read, {"shards": list(shards), "limit": self.batch_size})
         )
 
     def _publish(self, rows: Sequence[Row[Any]], done: list[int], cycle: Cycle) -> None:
@@ -212,15 +240,9 @@ class Relay:
             done.extend(row.outbox_id for row in chunk)
 
     def _acknowledge(self, conn: sa.Connection, done: Sequence[int], shards: Sequence[int]) -> None:
-        if done and self._postgres:  # one array parameter, not a bind per row
-            conn.execute(sa.delete(Outbox).where(Outbox.id == sa.func.any(sa.literal(done))))
-        elif done:
-            conn.execute(sa.delete(Outbox).where(Outbox.id.in_(done)))
-        conn.execute(
-            sa.update(OutboxShard)
-            .where(OutboxShard.shard.in_(shards), OutboxShard.owner == self.owner)
-            .values(owner=None, lease_until=0.0)
-        )
+        if done:
+            conn.execute(self._sql.delete, {"ids": list(done)})
+        conn.execute(self._sql.release, {"shards": list(shards), "me": self.owner})
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -261,6 +283,19 @@ class Relay:
             "outbox_relay_stopped",
             extra={"owner": self.owner, "published_total": self.published_total},
         )
+
+
+def relay_engine(url: sa.URL | str, options: dict[str, Any]) -> Engine:
+    """The relay's own connection: one (a relay runs one cycle at a time), no ping before each
+    use (a dead connection fails one cycle, which backs off and reconnects), and on PostgreSQL
+    commits without waiting for the disk: a claim or an acknowledgement lost in a database crash
+    only means publishing those events again."""
+    skip = ("pool_size", "max_overflow", "pool_pre_ping")
+    options = {key: value for key, value in options.items() if key not in skip}
+    if sa.make_url(url).get_backend_name() != "postgresql":
+        return sa.create_engine(url, **options)
+    connect_args = {**options.pop("connect_args", {}), "options": "-c synchronous_commit=off"}
+    return sa.create_engine(url, **options, pool_size=1, max_overflow=0, connect_args=connect_args)
 
 
 # --- publishing through the Celery app ------------------------------------------------------------

@@ -246,7 +246,7 @@ class Settings:
     # (keep it above CELERY_VISIBILITY_TIMEOUT: a redelivery comes after that).
     outbox_queue: str = setting("OUTBOX_QUEUE", "events", a_queue_name)
     outbox_batch_size: int = setting("OUTBOX_BATCH_SIZE", 500, at_least(1))
-    outbox_poll_seconds: float = setting("OUTBOX_POLL_SECONDS", 0.1, above(0))
+    outbox_poll_seconds: float = setting("OUTBOX_POLL_SECONDS", 0.25, above(0))
     outbox_idle_poll_seconds: float = setting("OUTBOX_IDLE_POLL_SECONDS", 1.0, above(0))
     outbox_lease_seconds: float = setting("OUTBOX_LEASE_SECONDS", 30.0, above(0))
     feed_dedupe_seconds: int = setting("FEED_DEDUPE_SECONDS", 7200, at_least(1))
