@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -251,3 +251,23 @@ def test_the_loop_sleeps_longer_while_idle_and_not_at_all_while_work_is_left(
     assert len(broker.events) == 96
     assert pending(engine) == []
     assert busy.sleeps[0] == 0.1
+
+
+def test_a_dead_broker_fails_the_cycle_quickly_and_keeps_every_row(
+    engine: sa.Engine, make_app: Callable[..., Flask]
+) -> None:
+    from app.core.outbox_relay import celery_publisher
+
+    ids = add_events(engine, [uuid.uuid4() for _ in range(4)], rounds=2)
+    dead = make_app(
+        CELERY_BROKER_URL="redis://127.0.0.1:1/0", CELERY_RESULT_BACKEND="cache+memory://"
+    )
+    with dead.app_context():
+        publish = celery_publisher(dead.extensions["celery"], "events", "events.feed")
+        started = time.monotonic()
+        cycle = Relay(engine, publish).run_once()
+    assert cycle.error is not None
+    assert time.monotonic() - started < 5
+    assert sorted(pending(engine)) == sorted(ids)
+    with engine.connect() as conn:  # and the shards are free for the next try
+        assert conn.scalar(sa.select(sa.func.count()).where(OutboxShard.owner.is_not(None))) == 0
