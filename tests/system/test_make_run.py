@@ -4,7 +4,7 @@ its process and interleaved; Ctrl-C or SIGTERM gives each a warm stop.
 
 Each test runs `make run` in a temporary instance directory (the embedded default's SQLite
 database, broker and cache live there, never in the repo's instance/), or on the PostgreSQL and
-Redis the environment names. `make -o .venv/.installed-stamp` skips only the install step,
+Redis the environment names. `make -o .venv/.runtime-stamp` skips only the install step,
 which would reinstall the shared virtualenv (`make test` exercises that rule).
 """
 
@@ -70,7 +70,7 @@ class MakeRun:
     def start(self) -> MakeRun:
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(
-                [str(MAKE), "--no-print-directory", "-o", ".venv/.installed-stamp", "run"],
+                [str(MAKE), "--no-print-directory", "-o", ".venv/.runtime-stamp", "run"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,

@@ -109,8 +109,15 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     for needed in ("wsgi.py", "gunicorn.conf.py", "app", "worker", "migrations"):
         assert needed in copied, f"the image lacks {needed}"
         assert (ROOT / needed).exists()
-    # Flower runs from the same image: the build installs the extra that brings it.
-    assert any("[monitoring]" in line for line in stages[0])
+    # The build installs exactly uv.lock's runtime pins, and the extra that brings Flower (which
+    # runs from the same image); never the dev group.
+    assert any(line.startswith("COPY") and "uv.lock" in line for line in stages[0])
+    syncs = [line for line in stages[0] if line.startswith("RUN uv sync")]
+    assert syncs, "the build installs with uv sync"
+    for sync in syncs:
+        for flag in ("--locked", "--no-dev", "--extra monitoring"):
+            assert flag in sync, sync
+    assert any("UV_COMPILE_BYTECODE=1" in line for line in stages[0]), "byte-compiled at build"
     cmd = next(line for line in runtime if line.upper().startswith("CMD"))
     assert '"gunicorn", "wsgi:app", "-c", "gunicorn.conf.py"' in cmd
     assert SERVICES["web"]["command"] == ["gunicorn", "wsgi:app", "-c", "gunicorn.conf.py"]
@@ -154,3 +161,27 @@ def test_the_relay_runs_as_in_the_procfile_with_its_counters_merged_by_the_web()
     assert relay["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith(web_merges + "/")
     assert f"celery-metrics:{web_merges}" in relay["volumes"]
     assert relay["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_dockerignore_keeps_secrets_and_dev_files_out_but_not_what_the_image_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for unwanted in (".venv", ".tools", "instance", ".env", ".git", "tests", "**/__pycache__"):
+        assert unwanted in patterns, f".dockerignore lets {unwanted} into the build context"
+    copied = [
+        source
+        for stage in dockerfile_stages()
+        for line in stage
+        if line.startswith("COPY") and "--from=" not in line
+        for source in [word for word in line.split()[1:-1] if not word.startswith("--")]
+    ]
+    assert {"uv.lock", "app", "migrations", "wsgi.py"} <= set(copied)
+    for source in copied:
+        for pattern in patterns:
+            if "*" in pattern:
+                continue  # the globs name caches inside directories, never a copied path
+            ignored = source == pattern or source.startswith(f"{pattern}/")
+            assert not ignored, f"the Dockerfile copies {source}, which .dockerignore drops"
