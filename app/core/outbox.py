@@ -60,6 +60,9 @@ class OutboxShard(Base):
     lease_until: Mapped[float] = mapped_column(sa.Float, default=0.0)
 
 
+OUTBOX_INSERT = sa.insert(Outbox.__table__)  # type: ignore[arg-type]  # built once, run per write
+
+
 def shard_of(aggregate_id: uuid.UUID) -> int:
     return aggregate_id.int % SHARDS
 
