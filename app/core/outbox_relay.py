@@ -5,9 +5,10 @@ One cycle:
 
 1. **Look** (a read, no lock): which shards have waiting rows and no live lease. Nothing waiting
    is the idle case: one indexed query, no write.
-2. **Claim** up to half the shards, rotating, with a conditional UPDATE (free, expired or ours
-   -> ours until now + OUTBOX_LEASE_SECONDS), and read up to OUTBOX_BATCH_SIZE of their rows in
-   id order, in the same short transaction. Another relay's live lease is never taken, so a
+2. **Claim** them (only half, rotating, while a backlog fills whole batches, so that a second
+   relay gets the other half) with a conditional UPDATE (free, expired or ours -> ours until
+   now + OUTBOX_LEASE_SECONDS), and read up to OUTBOX_BATCH_SIZE of their rows in id order, in
+   the same short transaction. Another relay's live lease is never taken, so a
    shard (and every aggregate in it) is published by one relay at a time.
 3. **Publish** the events in id order, MESSAGE_EVENTS to a broker message; each message is
    confirmed by the broker before the next is sent.
@@ -46,7 +47,9 @@ log = logging.getLogger(__name__)
 # Events per broker message: one publish costs ~1.5 ms whatever its size, so batching is what
 # makes thousands of events a second; a consumer still gets a bounded task.
 MESSAGE_EVENTS = 100
-CLAIM_SHARDS = SHARDS // 2  # per cycle: a second relay always finds shards to take
+# While a backlog fills whole batches a relay claims half the shards a cycle, so a second relay
+# always finds some to take; otherwise all it can, so light traffic costs one cycle a poll.
+BACKLOG_CLAIM_SHARDS = SHARDS // 2
 ERROR_BACKOFF_MAX = 5.0  # seconds between attempts while the database or broker is away
 HEARTBEAT_SECONDS = 60.0  # an INFO line with the interval's totals this often
 
@@ -159,6 +162,7 @@ class Relay:
         # Where this relay starts rotating through the shards: spreading, not security.
         self._turn = random.randrange(SHARDS)  # noqa: S311  # nosec B311
         self.published_total = 0
+        self._backlog = False  # the last cycle read a whole batch
         self._sql = Statements.for_dialect(engine.dialect.name)
 
     # --- one cycle -------------------------------------------------------------------------------
@@ -171,11 +175,12 @@ class Relay:
             conn.rollback()  # end the read: no snapshot held while publishing
             if not free:
                 return Cycle()
-            wanted = self._rotate(free)
+            wanted = self._rotate(free, BACKLOG_CLAIM_SHARDS if self._backlog else SHARDS)
             with self._transaction(conn):
                 claimed = self._claim(conn, wanted, now)
                 rows = self._read(conn, claimed) if claimed else []
-            cycle = Cycle(more=len(free) > len(claimed) or len(rows) >= self.batch_size)
+            self._backlog = len(rows) >= self.batch_size
+            cycle = Cycle(more=len(free) > len(claimed) or self._backlog)
             if not claimed:
                 return cycle
             done: list[int] = []
@@ -200,11 +205,11 @@ class Relay:
         """Shards with waiting rows and no live lease but ours (index probes, no lock)."""
         return list(conn.execute(self._sql.claimable, {"now": now, "me": self.owner}).scalars())
 
-    def _rotate(self, shards: Sequence[int]) -> list[int]:
-        """At most CLAIM_SHARDS of them, starting at this relay's turn (every shard is served)."""
-        self._turn = (self._turn + CLAIM_SHARDS) % SHARDS
+    def _rotate(self, shards: Sequence[int], limit: int) -> list[int]:
+        """At most `limit` of them, starting at this relay's turn (every shard is served)."""
+        self._turn = (self._turn + limit) % SHARDS
         ordered = sorted(shards, key=lambda shard: (shard - self._turn) % SHARDS)
-        return ordered[:CLAIM_SHARDS]
+        return ordered[:limit]
 
     def _claim(self, conn: sa.Connection, shards: Sequence[int], now: float) -> list[int]:
         # Compare-and-set: on PostgreSQL a concurrent claim of the same row waits for ours and
