@@ -47,6 +47,7 @@ from bench.limiter_overhead import BIN, ROOT, migrate, production_env, start
 from bench.loadgen import median
 from bench.read_path import OUT_OF_REACH, bench_account
 from tests.support.scratch_db import scratch_database
+from tests.support.workers import forget_queue
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION_START = "<!-- bench.relay: start -->"
@@ -258,7 +259,7 @@ def main() -> None:
         )
         base.pop("PROMETHEUS_MULTIPROC_DIR", None)
         migrate(base)
-        stack.callback(lambda: redis.Redis.from_url(broker).delete(queue))
+        stack.callback(forget_queue, broker, queue)  # its list and kombu's bindings
         conn = stack.enter_context(psycopg.connect(pg_url(url), autocommit=True))
 
         # 1. Relay throughput, one and two relays interleaved.

@@ -8,8 +8,8 @@ One cycle:
 2. **Claim** them (only half, rotating, while a backlog fills whole batches, so that a second
    relay gets the other half) with a conditional UPDATE (free, expired or ours -> ours until
    now + OUTBOX_LEASE_SECONDS), and read up to OUTBOX_BATCH_SIZE of their rows in id order, in
-   the same short transaction. Another relay's live lease is never taken, so a
-   shard (and every aggregate in it) is published by one relay at a time.
+   the same short transaction. Another relay's live lease is never taken, so a shard (and every
+   aggregate in it) is published by one relay at a time.
 3. **Publish** the events in id order, MESSAGE_EVENTS to a broker message; each message is
    confirmed by the broker before the next is sent.
 4. **Acknowledge**: delete the rows of the confirmed messages and free the leases, in one
@@ -29,8 +29,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,7 +175,7 @@ class Relay:
             if not free:
                 return Cycle()
             wanted = self._rotate(free, BACKLOG_CLAIM_SHARDS if self._backlog else SHARDS)
-            with self._transaction(conn):
+            with conn.begin():
                 claimed = self._claim(conn, wanted, now)
                 rows = self._read(conn, claimed) if claimed else []
             self._backlog = len(rows) >= self.batch_size
@@ -191,15 +190,10 @@ class Relay:
                 cycle.more = False
                 self._failures.inc()
             finally:
-                with self._transaction(conn):
+                with conn.begin():
                     self._acknowledge(conn, done, claimed)
         self.published_total += cycle.published
         return cycle
-
-    @contextmanager
-    def _transaction(self, conn: sa.Connection) -> Iterator[None]:
-        with conn.begin():
-            yield
 
     def _claimable(self, conn: sa.Connection, now: float) -> list[int]:
         """Shards with waiting rows and no live lease but ours (index probes, no lock)."""

@@ -135,7 +135,7 @@ def test_event_json_is_the_contract_record(app: Flask, account: Account) -> None
 
 
 def test_outbox_status_and_a_single_relay_cycle_from_the_cli(
-    app: Flask, make_app: Callable[..., Flask], account: Account
+    app: Flask, make_app: Callable[..., Flask], account: Account, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     account.post_as("Queued")
     with app.app_context():
@@ -151,6 +151,7 @@ def test_outbox_status_and_a_single_relay_cycle_from_the_cli(
     assert "pending: 2\n" in status.output
     assert "shard 5: held by relay-x" in status.output
     # A relay publishing to an in-memory broker: one cycle takes what is not held.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery would prefer it to ours
     relaying = make_app(CELERY_BROKER_URL="memory://", CELERY_RESULT_BACKEND="cache+memory://")
     with relaying.app_context():
         db.session.execute(sa.update(OutboxShard).values(owner=None, lease_until=0))
