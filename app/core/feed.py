@@ -13,8 +13,9 @@ the host's processes (the embedded default). Per consumer and event:
 - **claim** `pending:<delivery>` for FEED_CLAIM_SECONDS (above a task's time limit) before it runs;
 - **done** for FEED_DEDUPE_SECONDS once the consumer returned: later copies are skipped;
 - a consumer that raises has its claims removed, and the task retries: nothing is lost;
-- a worker killed mid-consumer leaves its claims to expire, then a retry runs them again
-  (at least once: a consumer must tolerate a repeat after a crash, as a webhook receiver does).
+- a worker killed mid-consumer leaves its claims: the task delivered again (same task id) takes
+  them back at once; any other delivery waits for them to expire, then runs them (at least once:
+  a consumer must tolerate a repeat after a crash, as a webhook receiver does).
 
 A consumer gets its fresh events in feed order, which is commit order per aggregate.
 """
@@ -153,7 +154,12 @@ def consume(events: Sequence[Mapping[str, Any]], *, delivery: str) -> Consumed:
         if not mine:
             continue
         keys = [f"{KEY_PREFIX}:{name}:{event['id']}" for event in mine]
-        found = store.claim(keys, f"pending:{delivery}", FEED_CLAIM_SECONDS)
+        owner = f"pending:{delivery}"
+        # A claim already held under this delivery's own id is ours: the broker delivered the
+        # task again after its worker died mid-run (Celery keeps the task id).
+        found = [
+            None if held == owner else held for held in store.claim(keys, owner, FEED_CLAIM_SECONDS)
+        ]
         fresh = [event for event, held in zip(mine, found, strict=True) if held is None]
         claimed = [key for key, held in zip(keys, found, strict=True) if held is None]
         result.duplicates[name] = sum(1 for held in found if held == DONE)

@@ -143,3 +143,15 @@ def test_feed_batches_go_to_the_feed_queue_which_workers_consume_by_default(app:
     assert celery.amqp.router.route({}, "events.feed")["queue"].name == queue
     assert celery.amqp.router.route({}, "cache.refresh_post")["queue"].name == "celery"
     assert {q.name for q in celery.conf.task_queues} == {"celery", queue}
+
+
+def test_a_delivery_again_after_its_worker_died_takes_back_its_own_claims(
+    consumers: tuple[Recorder, Recorder],
+) -> None:
+    every, _ = consumers
+    event = feed_event("user.updated")
+    key = f"{KEY_PREFIX}:{consumer_name(every)}:{event['id']}"
+    dedupe_store().claim([key], "pending:task-1", 60)  # the run killed mid-consumer
+    result = consume([event], delivery="task-1")  # the broker delivers task-1 again
+    assert every.seen == [event["id"]]
+    assert result.busy == 0
