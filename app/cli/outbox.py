@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from types import FrameType
 
 import click
@@ -15,7 +14,7 @@ from sqlalchemy import event
 from app.core.db import sqlite_pragmas
 from app.core.metrics import multiprocess_dir, remove_dead_process_files
 from app.core.outbox import oldest_pending_age, pending_count, shard_leases
-from app.core.outbox_relay import Relay, celery_publisher, relay_engine
+from app.core.outbox_relay import Relay, SignalStop, celery_publisher, relay_engine
 from app.core.tasks import FEED_TASK
 from app.extensions import db
 from app.settings import settings
@@ -50,7 +49,7 @@ def relay_command(batch_size: int | None, once: bool) -> None:
         if (directory := multiprocess_dir()) is not None:
             os.makedirs(directory, exist_ok=True)
             remove_dead_process_files(directory)  # earlier relays' files; live siblings' stay
-        stop = threading.Event()
+        stop = SignalStop()
 
         def request_stop(signum: int, _frame: FrameType | None) -> None:
             stop.set()

@@ -26,12 +26,11 @@ import logging
 import os
 import random
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -75,6 +74,34 @@ def _row_columns(postgres: bool) -> tuple[Any, ...]:
         Event.request_id,
         Event.data,
     )
+
+
+class Stop(Protocol):
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+
+class SignalStop:
+    """A stop request a signal handler may set. (`threading.Event.set` takes a lock that the
+    interrupted `Event.wait` of the same thread may hold: from a handler it can deadlock.)"""
+
+    SLICE = 0.05  # how soon a sleeping relay notices the request
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, self.SLICE))
+        return self.requested
 
 
 @dataclass(frozen=True)
@@ -246,7 +273,7 @@ class Relay:
 
     # --- the loop --------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event, *, poll: float, idle_poll: float) -> None:
+    def run(self, stop: Stop, *, poll: float, idle_poll: float) -> None:
         """Cycle until `stop` is set (the cycle under way finishes first). Straight on while
         work is left; `poll` after a cycle that emptied what it could take; idle, the sleep
         doubles up to `idle_poll`; after a failure it doubles up to ERROR_BACKOFF_MAX."""
