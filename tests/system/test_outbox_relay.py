@@ -198,7 +198,7 @@ def test_kill_9_mid_batch_loses_nothing_and_reorders_nothing(
         survivor.start()
         wait_until("the writers to write", lambda: writers.writes >= 20)
     wait_until("the outbox to drain", lambda: not outbox_ids(app), timeout=120, every=0.2)
-    assert survivor.stop() == 0
+    assert survivor.stop() == 0, survivor.log()[-2000:]
     with app.app_context(), db.engine.connect() as conn:
         committed = committed_events(conn, since)
     copies = check_feed(feed_queue.events(), committed)
@@ -229,7 +229,8 @@ def test_two_relays_at_once_publish_everything_once_in_order(
             relay.wait_started()
         wait_until("the writers to write", lambda: writers.writes >= 60)
     wait_until("the outbox to drain", lambda: not outbox_ids(app), timeout=120, every=0.2)
-    assert [relay.stop() for relay in relays] == [0, 0]
+    stopped = [relay.stop() for relay in relays]
+    assert stopped == [0, 0], [relay.log()[-2000:] for relay in relays]
     with app.app_context(), db.engine.connect() as conn:
         committed = committed_events(conn, since)
     copies = check_feed(feed_queue.events(), committed)
