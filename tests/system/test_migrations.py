@@ -23,6 +23,8 @@ APP_TABLES = {
     "backfill_runs",
     "snapshots",
     "events_prune_gate",
+    "outbox",
+    "outbox_shards",
 }
 
 
