@@ -59,6 +59,11 @@ def register_data(app: Flask) -> None:
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", sqlite_pragmas)
+    # Prune never deletes an event the relay has not published yet.
+    from app.core.outbox import unpublished_floor
+    from app.core.retention import register_prune_floor
+
+    register_prune_floor(app, lambda: unpublished_floor(db.session.connection()))
 
 
 def register_domains(app: Flask) -> None:

@@ -101,3 +101,12 @@ def shard_leases(conn: Connection) -> list[tuple[int, str | None, float]]:
         .order_by(OutboxShard.shard)
     )
     return [(int(shard), owner, float(until) - now) for shard, owner, until in rows]
+
+
+def unpublished_floor(conn: Connection) -> int | None:
+    """The highest event id `flask events prune` may delete: just below the oldest event still
+    waiting in the outbox (None when nothing waits), so no unpublished event is pruned."""
+    oldest = conn.execute(
+        sa.select(sa.func.min(Event.id)).join(Outbox, Outbox.event_id == Event.event_id)
+    ).scalar()
+    return None if oldest is None else int(oldest) - 1

@@ -16,6 +16,18 @@ from tests.support.backends import ON_POSTGRES, needs_postgres
 from tests.support.history import as_of, events_of, snapshots_of
 
 
+@pytest.fixture(autouse=True)
+def relayed(app: Any) -> Any:
+    """These tests prune as though the relay had published every event: the outbox floor has
+    its own test below (test_prune_never_deletes_what_the_outbox_still_holds)."""
+    from app.core.retention import FLOOR_KEY
+
+    kept = app.extensions.get(FLOOR_KEY)
+    app.extensions[FLOOR_KEY] = lambda: None
+    yield
+    app.extensions[FLOOR_KEY] = kept
+
+
 def _count(app: Any, table: str) -> int:
     with app.app_context():
         count = db.session.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
@@ -105,9 +117,11 @@ def test_prune_keeps_what_history_promises(app, client, account) -> None:
 
 
 def test_later_writes_and_snapshots_continue_from_the_horizon(make_app) -> None:
+    from app.core.retention import FLOOR_KEY
     from tests import factories
 
     every2 = make_app(EVENTS_SNAPSHOT_EVERY=2)
+    every2.extensions[FLOOR_KEY] = lambda: None  # as though the relay had published them all
     client = every2.test_client()
     account = factories.make_account(client, every2)
     made = _history(client, account)
@@ -211,8 +225,34 @@ def test_prune_leaves_events_the_floor_holds_back(app, client, account) -> None:
     try:
         result = _prune(app, "--before", made["cut"].isoformat())
     finally:
-        del app.extensions[FLOOR_KEY]
+        app.extensions[FLOOR_KEY] = lambda: None
     assert result.exit_code == 0, result.output
     assert "pruned 1 events" in result.output
     assert events_of(app, account.id) == []  # the user's creation (event 1) went
     assert len(events_of(app, made["post"]["id"])) == 5  # the post's (2 to 6) are held back
+
+
+def test_prune_never_deletes_what_the_outbox_still_holds(app, client, account) -> None:
+    """The app's own floor: an event still waiting in the outbox, and every later one, stay."""
+    from app.core.outbox import unpublished_floor
+    from app.core.retention import FLOOR_KEY
+
+    made = _history(client, account)
+    with app.app_context():
+        app.extensions[FLOOR_KEY] = lambda: unpublished_floor(db.session.connection())
+        result = _prune(app, "--before", made["cut"].isoformat())
+        assert result.exit_code == 0, result.output
+        assert "pruned 0 events" in result.output or "nothing to prune" in result.output
+        assert _count(app, "events") == 6
+        # the relay publishes the first two events: only they may go
+        db.session.execute(
+            sa.text(
+                "DELETE FROM outbox WHERE event_id IN "
+                "(SELECT event_id FROM events ORDER BY id LIMIT 2)"
+            )
+        )
+        db.session.commit()
+        db.session.remove()
+        result = _prune(app, "--before", made["cut"].isoformat())
+    assert result.exit_code == 0, result.output
+    assert _count(app, "events") == 4

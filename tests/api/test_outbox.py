@@ -124,7 +124,11 @@ def test_event_json_is_the_contract_record(app: Flask, account: Account) -> None
         "actor_id": account.id,
         "occurred_at": updated.occurred_at.isoformat(),
         "version": 2,
-        "changes": {"display_name": "Ada", "password": REDACTED},
+        "changes": {
+            "display_name": "Ada",
+            "updated_at": changed.json["data"]["updated_at"],
+            "password": REDACTED,
+        },
         "request_id": updated.request_id,
     }
     # The server's request id, never the client's; no secret value anywhere.
