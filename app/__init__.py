@@ -87,20 +87,28 @@ def register_data(app: Flask) -> None:
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", sqlite_pragmas)
+    # Prune never deletes an event the relay has not published yet.
+    from app.core.outbox import unpublished_floor
+    from app.core.retention import register_prune_floor
+
+    register_prune_floor(app, lambda: unpublished_floor(db.session.connection()))
 
 
 def register_domains(app: Flask) -> None:
     """What the shared machinery runs for the domains: the effects of each event after its
-    commit (one table), each domain's cache warmer, and its backfills."""
+    commit (one table), the consumers of the event feed (another), each domain's cache warmer,
+    and its backfills."""
     if app.extensions.get("domains"):
         return  # a CLI app registers them when its first command loads (and `openapi` again)
     app.extensions["domains"] = True
+    from app.events.feed import init_app as register_feed_consumers
     from app.events.handlers import init_app as register_event_handlers
     from app.posts import backfills as post_backfills
     from app.posts import cache as post_cache
     from app.users import cache as user_cache
 
     register_event_handlers(app)
+    register_feed_consumers(app)
     user_cache.register(app)
     post_cache.register(app)
     post_backfills.register(app)

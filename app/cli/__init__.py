@@ -13,10 +13,12 @@ from flask import Flask
 def commands() -> list[click.Command]:
     from app.cli.backfill import backfill_cli
     from app.cli.cache import cache_cli
+    from app.cli.events import events_cli
+    from app.cli.outbox import outbox_cli
     from app.cli.seed import seed_command
     from app.cli.users import users_cli
 
-    return [users_cli, seed_command, cache_cli, backfill_cli]
+    return [users_cli, seed_command, cache_cli, backfill_cli, events_cli, outbox_cli]
 
 
 def register_cli(app: Flask) -> None:

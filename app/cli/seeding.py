@@ -35,6 +35,26 @@ from app.posts.models import Post
 from app.posts.slugs import slug_suffix, slug_words
 from app.users.models import User
 
+# What each seeded row's created event records (the API's create records the same).
+USER_EVENT_FIELDS = (
+    "email",
+    "username",
+    "display_name",
+    "bio",
+    "is_admin",
+    "created_at",
+    "updated_at",
+)
+POST_EVENT_FIELDS = (
+    "title",
+    "body",
+    "status",
+    "slug",
+    "published_at",
+    "created_at",
+    "updated_at",
+)
+
 Row = dict[str, Any]
 
 
@@ -147,15 +167,20 @@ class Seeder:
         }
 
     def event_row(self, kind: str, row: Row, author: Row | None = None) -> Row:
-        fields = ("title", "body", "status") if kind.startswith("post") else ("email", "username")
-        values = {f: row[f] for f in fields}
+        """The `<kind>.created` event of a seeded row: every field of its representation, as
+        the API's create records them, so history rebuilds it (app/core/history.py)."""
+        fields = POST_EVENT_FIELDS if author is not None else USER_EVENT_FIELDS
+        values = {f: _jsonable(row[f]) for f in fields}
+        if author is not None:
+            values["author_id"] = str(author["public_id"])
         return {
+            "event_id": uuid.uuid4(),
             "event_type": kind,
             "aggregate_type": kind.split(".")[0],
             "aggregate_id": row["public_id"],
             "aggregate_version": 1,
             "actor_id": (author or row)["public_id"],
-            "occurred_at": self.now,
+            "occurred_at": row["created_at"],  # the write's time: as_of=<created_at> finds it
             "request_id": None,
             "data": self._json({"fields": sorted(values), "values": values}),
         }
@@ -247,6 +272,10 @@ class Seeder:
         """Fresh planner statistics after a bulk load (autovacuum would get there later)."""
         if self.postgres:
             self.connection.execute(sa.text("ANALYZE users, posts, events"))
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def time_ordered_uuid(when: datetime) -> uuid.UUID:

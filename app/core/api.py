@@ -104,9 +104,28 @@ class JsonParser(FlaskParser):
         )
 
 
+# Where `operation` keeps the header parameters it documents (see ApiBlueprint).
+EXTRA_PARAMETERS = "extra_parameters"
+
+
 class ApiBlueprint(Blueprint):
     ARGUMENTS_PARSER = JsonParser()
     PAGINATION_ARGUMENTS_PARSER = JsonParser()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prepare_doc_cbks.append(self._prepare_extra_parameters_doc)
+
+    @staticmethod
+    def _prepare_extra_parameters_doc(
+        doc: dict[str, Any], doc_info: dict[str, Any], **_kwargs: Any
+    ) -> dict[str, Any]:
+        """Add the header parameters `operation` declared to those the query schema produced
+        (a manual `parameters` doc would replace them: `?as_of=` beside `If-None-Match`)."""
+        extra = doc_info.get(EXTRA_PARAMETERS)
+        if extra:
+            doc["parameters"] = [*doc.get("parameters", []), *extra]
+        return doc
 
 
 def errors_doc(blp: Blueprint, *statuses: int) -> Any:
@@ -153,16 +172,24 @@ def operation(
     documents If-None-Match (and 304), `"write"` documents If-Match.
     """
     doc: dict[str, Any] = {"operationId": operation_id}
+    parameters: list[dict[str, Any]] = []
     if security is not None:
         doc["security"] = security
     if conditional == "read":
-        doc["parameters"] = [IF_NONE_MATCH]
+        parameters = [IF_NONE_MATCH]
         doc["responses"] = {304: {"description": "Not Modified", "headers": ETAG_HEADER}}
     elif conditional == "write":
-        doc["parameters"] = [IF_MATCH]
+        parameters = [IF_MATCH]
     if links:
         doc["responses"] = {status: {"links": dict(named)} for status, named in links.items()}
-    return blp.doc(**doc)
+
+    def decorator(view: Any) -> Any:
+        view = blp.doc(**doc)(view)
+        if parameters:
+            view._apidoc = {**view._apidoc, EXTRA_PARAMETERS: parameters}
+        return view
+
+    return decorator
 
 
 def link(operation_id: str, **parameters: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ compression, CORS, the access line, metrics) is the pipeline's as for any reques
 
 Nothing is served this way unless it is exact: `render` returns None for what only the view can
 answer (a caller who may see more, a draft), a miss or a tombstone goes to the view, and so does
+any GET with a query string (the entry is the plain resource; `?as_of=` asks for history), and
 everything while the cache is off, down (its breaker open) or owes writes from an outage, or
 when the cache is not on the limiter's Redis (no shared round trip).
 """
@@ -57,6 +58,8 @@ def cached_read(kind: str, id_arg: str, render: Render) -> Callable[[F], F]:
 def plan(app: Flask, client: Any) -> Planned | None:
     """The cache entry to read in the round trip for this request, or None."""
     if request.method != "GET" or request.endpoint is None or request.view_args is None:
+        return None
+    if request.query_string:  # an entry is the plain resource; `?as_of=` asks for another
         return None
     view = app.view_functions.get(request.endpoint)
     view_class = getattr(view, "view_class", None)

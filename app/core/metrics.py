@@ -26,6 +26,7 @@ so no multiprocess_mode is involved.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hmac
 import os
@@ -38,6 +39,7 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app.core.outbox_metrics import OutboxBacklogCollector
 from app.core.queue_depth import QueueDepthCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -91,6 +93,38 @@ CELERY_TASK_DURATION = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
     registry=None,
 )
+OUTBOX_PUBLISHED = Counter(
+    "postboard_outbox_published",
+    "Events the outbox relays published to the broker (each confirmed by it; a re-publish after "
+    "a relay died counts again), by feed queue.",
+    ["queue"],
+    registry=None,
+)
+OUTBOX_PUBLISH_FAILURES = Counter(
+    "postboard_outbox_publish_failures",
+    "Relay cycles whose publish the broker refused or timed out (the events wait for a retry), "
+    "by feed queue.",
+    ["queue"],
+    registry=None,
+)
+FEED_CONSUMED = Counter(
+    "postboard_feed_events_consumed",
+    "Feed events a consumer processed for the first time, by consumer.",
+    ["consumer"],
+    registry=None,
+)
+FEED_DUPLICATES = Counter(
+    "postboard_feed_duplicates",
+    "Feed events a consumer had already processed (a re-publish or a redelivery), skipped.",
+    ["consumer"],
+    registry=None,
+)
+EVENTS_BY_TYPE = Counter(
+    "postboard_events",
+    "Committed events by type, counted once each from the event feed (its metrics consumer).",
+    ["type"],
+    registry=None,
+)
 PROCESS_METRICS = (
     HTTP_REQUESTS,
     HTTP_LATENCY,
@@ -99,6 +133,11 @@ PROCESS_METRICS = (
     CACHE_MISSES,
     CELERY_TASKS,
     CELERY_TASK_DURATION,
+    OUTBOX_PUBLISHED,
+    OUTBOX_PUBLISH_FAILURES,
+    FEED_CONSUMED,
+    FEED_DUPLICATES,
+    EVENTS_BY_TYPE,
 )
 
 
@@ -134,6 +173,30 @@ def clean_multiprocess_dir(path: str) -> int:
     return removed
 
 
+def remove_dead_process_files(path: str) -> int:
+    """Delete the sample files (`<kind>_<pid>.db`) of processes no longer running; for a
+    directory that several live processes share (relays on one host), which none may empty."""
+    removed = 0
+    for name in glob.glob(os.path.join(path, "*_*.db")):
+        pid = os.path.basename(name).rsplit("_", 1)[-1].removesuffix(".db")
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(name)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 # --- Recording ----------------------------------------------------------------------------------
 
 
@@ -152,8 +215,8 @@ def init_metrics(app: Flask) -> None:
 def zero_series(app: Flask, cache_kinds: Iterable[str]) -> None:
     """Create every series an alert may watch at 0, so each family is in the first scrape (a
     labelled family has no sample, and so no line, until a child exists): requests, latency and
-    rate-limit refusals for each route and method (status 200 for the first two), and cache hits
-    and misses for each kind the domains cache."""
+    rate-limit refusals for each route and method (status 200 for the first two), cache hits
+    and misses for each kind the domains cache, and the relays' counters of the feed queue."""
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
@@ -164,6 +227,8 @@ def zero_series(app: Flask, cache_kinds: Iterable[str]) -> None:
     for kind in cache_kinds:
         CACHE_HITS.labels(kind=kind)
         CACHE_MISSES.labels(kind=kind)
+    OUTBOX_PUBLISHED.labels(queue=app.config["OUTBOX_QUEUE"])
+    OUTBOX_PUBLISH_FAILURES.labels(queue=app.config["OUTBOX_QUEUE"])
 
 
 _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -241,6 +306,7 @@ def build_registry(config: dict[str, Any]) -> CollectorRegistry:
         for metric in PROCESS_METRICS:
             registry.register(metric)
     registry.register(QueueDepthCollector(str(config.get("CELERY_BROKER_URL") or "")))
+    registry.register(OutboxBacklogCollector())
     return registry
 
 

@@ -157,15 +157,20 @@ def paginate(
     scope: str,
     count_stmt: sa.Select[Any] | None = None,
     total: Callable[[], tuple[int, bool]] | None = None,
+    ascending: bool = False,
 ) -> Page[Any]:
-    """Run `stmt` (a select of one entity) as one page, newest first on `sort_columns`.
+    """Run `stmt` (a select of one entity) as one page, newest first on `sort_columns` (a
+    timestamp and a unique integer key), or oldest first with `ascending` (an audit trail).
 
     Offset mode adds the total (see `_total`; or `total()` when given: `(total, is_estimate)`
     from elsewhere, e.g. a cache in front of `count_total`); keyset mode does not count and
     costs the same at any depth. Both fetch one extra row to learn whether there is a next page.
     """
     created_col, id_col = sort_columns
-    ordered = stmt.order_by(created_col.desc(), id_col.desc())
+    if ascending:
+        ordered = stmt.order_by(created_col.asc(), id_col.asc())
+    else:
+        ordered = stmt.order_by(created_col.desc(), id_col.desc())
     per_page = params.per_page
     page_total: int | None = None
     estimated = False
@@ -174,7 +179,8 @@ def paginate(
         position = sa.tuple_(
             sa.literal(created_at, created_col.type), sa.literal(row_id, id_col.type)
         )
-        ordered = ordered.where(sa.tuple_(created_col, id_col) < position)
+        keys = sa.tuple_(created_col, id_col)
+        ordered = ordered.where(keys > position if ascending else keys < position)
         rows = list(session.scalars(ordered.limit(per_page + 1)))
         page_no = None
     else:
@@ -189,7 +195,7 @@ def paginate(
     next_cursor = None
     if len(rows) > per_page:
         last = items[-1]
-        next_cursor = codec.encode(scope, last.created_at, last.id)
+        next_cursor = codec.encode(scope, getattr(last, created_col.key), getattr(last, id_col.key))
     return Page(
         items=items,
         per_page=per_page,

@@ -16,9 +16,13 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import before_task_publish, task_postrun, task_prerun
 from flask import Flask, has_app_context
+from kombu import Exchange, Queue
 
 from app.core.context import client_request_id_var, request_id_var
 from app.core.redis_client import celery_transport_options
+
+DEFAULT_QUEUE = "celery"
+FEED_TASK = "events.feed"  # the relay's message: an ordered batch of event JSONs (app/core/feed.py)
 
 # beat entry name -> (task name, the interval in seconds from the app's config)
 Schedule = Callable[[Mapping[str, Any]], float]
@@ -106,8 +110,17 @@ def celery_config(cfg: Mapping[str, Any], *, role: str = "web") -> dict[str, Any
         # A publisher gives up connecting after one quick retry (kombu reads these as the
         # connection's failover options); a worker keeps retrying its broker.
         broker_options.update(max_retries=1, interval_start=0, interval_step=0.2)
+    feed_queue = str(cfg["OUTBOX_QUEUE"])
     return {
         "broker_url": cfg["CELERY_BROKER_URL"],
+        # A worker consumes both by default: tasks, and the event feed the outbox relay publishes
+        # (its own queue, so feed consumers can be scaled and watched apart; FIFO per queue).
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_queues": (
+            Queue(DEFAULT_QUEUE, Exchange(DEFAULT_QUEUE), routing_key=DEFAULT_QUEUE),
+            Queue(feed_queue, Exchange(feed_queue), routing_key=feed_queue),
+        ),
+        "task_routes": {FEED_TASK: {"queue": feed_queue}},
         "result_backend": cfg["CELERY_RESULT_BACKEND"],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

@@ -75,7 +75,7 @@ def count_entry(total: int, estimate: bool, limit: int) -> dict[str, Any]:
 
 def _followed_by_its_own_writes(event: DomainEvent) -> bool:
     """False for posts deleted with their author: nothing to write through, no list to count."""
-    return event.values.get("reason") != AUTHOR_DELETED
+    return event.refs.get("reason") != AUTHOR_DELETED
 
 
 def invalidate(events: Sequence[DomainEvent]) -> None:

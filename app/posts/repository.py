@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, contains_eager
 
+from app.core.db import INCLUDE_DELETED
 from app.core.pagination import CursorCodec, Page, PageParams, count_total, paginate
 from app.posts.models import Post
 from app.users.models import User
@@ -29,6 +30,11 @@ class PostRepository:
 
     def get(self, public_id: uuid.UUID) -> Post | None:
         return self.session.scalar(self._with_author().where(Post.public_id == public_id))
+
+    def get_any(self, public_id: uuid.UUID) -> Post | None:
+        """The post with its author, soft-deleted or not (history outlives a delete)."""
+        stmt = self._with_author().where(Post.public_id == public_id)
+        return self.session.scalar(stmt.execution_options(**{INCLUDE_DELETED: True}))
 
     def public_id_by_slug(self, slug: str) -> uuid.UUID | None:
         """The public id of the live post with this slug (one lookup on uq_posts_slug)."""

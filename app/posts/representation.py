@@ -22,3 +22,20 @@ def public_post(post: Post) -> dict[str, Any]:
         "updated_at": post.updated_at.isoformat(),
         "version": post.version,
     }
+
+
+def post_from_state(public_id: str, version: int, state: dict[str, Any]) -> dict[str, Any]:
+    """A post rebuilt from its events' folded state (app/core/history.py): the same fields,
+    values and order as `public_post` of the row."""
+    return {
+        "id": public_id,
+        "author_id": state["author_id"],
+        "title": state["title"],
+        "slug": state["slug"],
+        "body": state["body"],
+        "status": state["status"],
+        "published_at": state["published_at"],
+        "created_at": state["created_at"],
+        "updated_at": state["updated_at"],
+        "version": version,
+    }

@@ -12,6 +12,13 @@ from werkzeug.routing import BaseConverter, ValidationError
 from app.auth.guard import BEARER_AUTH, authenticated, current_principal, require_principal
 from app.core.api import ApiBlueprint, errors_doc, link, operation
 from app.core.cached_read import cached_read
+from app.core.history import Replayed
+from app.core.history_http import (
+    AsOfArgsSchema,
+    EventListEnvelopeSchema,
+    requested_instant,
+    trail_json,
+)
 from app.core.http import if_match, listing_json, page_params, single_json
 from app.core.idempotency import idempotent
 from app.core.pagination import PageArgsSchema
@@ -19,7 +26,7 @@ from app.core.security import Principal
 from app.extensions import api
 from app.posts.cache import POST_KIND, anonymous_view
 from app.posts.models import Post
-from app.posts.representation import public_post
+from app.posts.representation import post_from_state, public_post
 from app.posts.schemas import (
     PostCreateSchema,
     PostEnvelopeSchema,
@@ -65,6 +72,7 @@ POST_LINKS = {
     "PatchPost": link("patchPost", post_id=POST_ID),
     "ReplacePost": link("replacePost", post_id=POST_ID),
     "DeletePost": link("deletePost", post_id=POST_ID),
+    "ListPostEvents": link("listPostEvents", post_id=POST_ID),
 }
 POST_EXAMPLE = {"title": "Hello", "body": "First post.", "status": "published"}
 OPTIONAL_AUTH = [*BEARER_AUTH, {}]
@@ -82,6 +90,13 @@ def public_read(data: dict[str, Any], viewer: Principal | None) -> dict[str, Any
 def respond(post: Post, *, status: int = 200) -> Any:
     location = url_for("posts.PostItem", post_id=post.public_id) if status == 201 else None
     return single_json(public_post(post), post.version, status=status, location=location)
+
+
+def respond_replayed(replayed: Replayed, post_id: uuid.UUID | str) -> Any:
+    """A post as it was at an instant (rebuilt from its events), with that version's ETag."""
+    return single_json(
+        post_from_state(str(post_id), replayed.version, replayed.state), replayed.version
+    )
 
 
 @blp.route("/posts")
@@ -123,13 +138,18 @@ class UserPosts(MethodView):
 class PostItem(MethodView):
     @blp.response(200, PostEnvelopeSchema)
     @operation(blp, "getPost", security=OPTIONAL_AUTH, conditional="read")
-    @errors_doc(blp, 401, 404)
+    @errors_doc(blp, 400, 401, 403, 404, 422)
     @authenticated(optional=True)
     @cached_read(
         POST_KIND, "post_id", lambda data, viewer: None if viewer else anonymous_view(data)
     )
-    def get(self, post_id: uuid.UUID) -> Any:
-        """Get a post (a draft only for its author and admins)."""
+    @blp.arguments(AsOfArgsSchema, location="query", as_kwargs=True)
+    def get(self, post_id: uuid.UUID, as_of: str | None = None) -> Any:
+        """Get a post (a draft only for its author and admins); with `as_of`, as it was at
+        that instant (its author and admins)."""
+        if as_of is not None:
+            at, viewer = requested_instant(as_of, current_principal())
+            return respond_replayed(service().as_of(post_id, at, viewer=viewer), post_id)
         snapshot = service().read(post_id, viewer=current_principal())
         return single_json(snapshot.public, snapshot.version)
 
@@ -165,13 +185,32 @@ class PostItem(MethodView):
         return ""
 
 
+@blp.route("/posts/<uuid:post_id>/events")
+class PostEvents(MethodView):
+    @blp.response(200, EventListEnvelopeSchema)
+    @operation(blp, "listPostEvents", security=BEARER_AUTH, conditional="read")
+    @errors_doc(blp, 400, 401, 403, 404)
+    @authenticated()
+    @blp.arguments(PageArgsSchema, location="query", as_kwargs=True)
+    def get(self, post_id: uuid.UUID, **args: Any) -> Any:
+        """A post's audit trail: every write to it, oldest first (its author, admins)."""
+        page = service().events(post_id, page_params(args), viewer=require_principal())
+        return trail_json(page)
+
+
 @blp.route("/posts/by-slug/<slug:slug>")
 class PostBySlug(MethodView):
     @blp.response(200, PostEnvelopeSchema)
     @operation(blp, "getPostBySlug", security=OPTIONAL_AUTH, conditional="read")
-    @errors_doc(blp, 401, 404)
+    @errors_doc(blp, 400, 401, 403, 404, 422)
     @authenticated(optional=True)
-    def get(self, slug: str) -> Any:
-        """Get a post by its slug: the same answer, ETag and visibility as by its id."""
+    @blp.arguments(AsOfArgsSchema, location="query", as_kwargs=True)
+    def get(self, slug: str, as_of: str | None = None) -> Any:
+        """Get a post by its slug: the same answer, ETag and visibility as by its id (`as_of`
+        too, for a live post's slug)."""
+        if as_of is not None:
+            at, viewer = requested_instant(as_of, current_principal())
+            post_id, replayed = service().as_of_slug(slug, at, viewer=viewer)
+            return respond_replayed(replayed, post_id)
         snapshot = service().read_by_slug(slug, viewer=current_principal())
         return single_json(snapshot.public, snapshot.version)

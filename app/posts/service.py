@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -12,6 +13,8 @@ from app.core.cache import Cache, app_cache
 from app.core.conditional import check_version
 from app.core.db import utcnow
 from app.core.errors import Forbidden, NotFound
+from app.core.events import Event
+from app.core.history import EventLog, Replayed, present
 from app.core.http import cursor_codec
 from app.core.pagination import CursorCodec, Page, PageParams
 from app.core.security import Principal
@@ -34,6 +37,8 @@ from app.users.repository import UserRepository
 
 POST_AGGREGATE = "post"
 POST_FIELDS = ("title", "body", "status")
+# What post.created records beside the author: every other field of the representation.
+CREATED_FIELDS = (*POST_FIELDS, "slug", "published_at", "created_at", "updated_at")
 
 
 class PostService:
@@ -162,6 +167,41 @@ class PostService:
             ),
         )
 
+    # History ---------------------------------------------------------------------------------
+
+    def events(self, public_id: uuid.UUID, params: PageParams, *, viewer: Principal) -> Page[Event]:
+        """The post's audit trail, oldest first (its author, admins)."""
+        self._history_reader(public_id, viewer)
+        return EventLog(self.session).page(POST_AGGREGATE, public_id, params, self.codec)
+
+    def as_of(self, public_id: uuid.UUID, at: datetime, *, viewer: Principal) -> Replayed:
+        """The post as it was at `at`, rebuilt from its events alone (404 before it existed or
+        once deleted; 422 before the history kept)."""
+        self._history_reader(public_id, viewer)
+        return present(EventLog(self.session).state_at(POST_AGGREGATE, public_id, at), "post")
+
+    def as_of_slug(
+        self, slug: str, at: datetime, *, viewer: Principal
+    ) -> tuple[uuid.UUID, Replayed]:
+        """`as_of` by slug (a live post's; anything else is 404), with the post's id."""
+        public_id = self.posts.public_id_by_slug(slug) if is_well_formed(slug) else None
+        if public_id is None:
+            raise NotFound("No such post.")
+        return public_id, self.as_of(public_id, at, viewer=viewer)
+
+    def _history_reader(self, public_id: uuid.UUID, viewer: Principal) -> Post:
+        """The post whose history `viewer` may read: the author's, or any for an admin, even
+        once deleted. Someone else's is 403, or 404 when it is a draft or deleted (as absent as
+        for a reader)."""
+        post = self.posts.get_any(public_id)
+        if post is None:
+            raise NotFound("No such post.")
+        if not _may_edit(viewer, post):
+            if post.status == "draft" or post.deleted_at is not None:
+                raise NotFound("No such post.")
+            raise Forbidden("Only the author and admins may read a post's history.")
+        return post
+
     # Writes ----------------------------------------------------------------------------------
 
     def create(
@@ -197,9 +237,10 @@ class PostService:
                 version=post.version,
                 values={
                     "author_id": author.public_id,
-                    **{f: getattr(post, f) for f in (*POST_FIELDS, "slug", "published_at")},
+                    **{f: getattr(post, f) for f in CREATED_FIELDS},
                 },
                 refs={"author_id": author.public_id},
+                occurred_at=now,
             )
         return post
 
@@ -231,8 +272,9 @@ class PostService:
                 aggregate_type=POST_AGGREGATE,
                 aggregate_id=post.public_id,
                 version=post.version,
-                values=values,
+                values={**values, "updated_at": now},
                 refs={"author_id": post.author.public_id},
+                occurred_at=now,
             )
         return post
 
@@ -251,8 +293,9 @@ class PostService:
                 aggregate_type=POST_AGGREGATE,
                 aggregate_id=post.public_id,
                 version=post.version,
-                values={"deleted_at": now},
+                values={"deleted_at": now, "updated_at": now},
                 refs={"author_id": post.author.public_id},
+                occurred_at=now,
             )
 
 

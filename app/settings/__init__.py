@@ -32,6 +32,7 @@ from app.settings.fields import (
     Values,
     a_database_url,
     a_limit_string,
+    a_queue_name,
     a_redis_url,
     a_url,
     above,
@@ -239,6 +240,17 @@ class Settings:
     )
     backfill_task_seconds: float = setting("BACKFILL_TASK_SECONDS", 120.0, above(0))
 
+    # Outbox relay (`flask outbox relay`): the feed's broker queue; events per claim; the sleep
+    # after a batch that left nothing to do, doubled while idle up to the idle cap; how long a
+    # killed relay's shards stay held. Feed consumers remember a processed event id this long
+    # (keep it above CELERY_VISIBILITY_TIMEOUT: a redelivery comes after that).
+    outbox_queue: str = setting("OUTBOX_QUEUE", "events", a_queue_name)
+    outbox_batch_size: int = setting("OUTBOX_BATCH_SIZE", 500, at_least(1))
+    outbox_poll_seconds: float = setting("OUTBOX_POLL_SECONDS", 0.25, above(0))
+    outbox_idle_poll_seconds: float = setting("OUTBOX_IDLE_POLL_SECONDS", 1.0, above(0))
+    outbox_lease_seconds: float = setting("OUTBOX_LEASE_SECONDS", 30.0, above(0))
+    feed_dedupe_seconds: int = setting("FEED_DEDUPE_SECONDS", 7200, at_least(1))
+
     # Argon2id cost: the library's defaults, cheaper in tests only (argon2 needs 8 KiB a lane).
     argon2_time_cost: int = setting("ARGON2_TIME_COST", _in_testing(1, 3), at_least(1))
     argon2_memory_cost_kib: int = setting(
@@ -250,6 +262,10 @@ class Settings:
     pagination_exact_count_limit: int = setting(
         "PAGINATION_EXACT_COUNT_LIMIT", 100_000, at_least(0)
     )
+
+    # History: a snapshot of an aggregate's state every this many of its events, written in the
+    # write's transaction, so `as_of` replays fewer than this many events (app/core/history.py).
+    events_snapshot_every: int = setting("EVENTS_SNAPSHOT_EVERY", 100, at_least(1))
 
     # Probes and metrics: low-disk threshold; the oldest migration /ready accepts during an
     # expand -> contract rollout ("" = head only); per-check timeout; /metrics bearer token

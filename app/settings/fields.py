@@ -97,6 +97,11 @@ def a_url(value: str) -> None:
         raise ma.ValidationError("is not a URL such as redis://host:6379/1")
 
 
+def a_queue_name(value: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", value):
+        raise ma.ValidationError("must be 1-100 of A-Z a-z 0-9 . _ : -")
+
+
 # --- reading and parsing -------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, defer
 
+from app.core.db import INCLUDE_DELETED
 from app.core.pagination import CursorCodec, Page, PageParams, paginate
 from app.users.models import User
 
@@ -18,6 +19,11 @@ class UserRepository:
 
     def get(self, public_id: uuid.UUID) -> User | None:
         return self.session.scalar(sa.select(User).where(User.public_id == public_id))
+
+    def get_any(self, public_id: uuid.UUID) -> User | None:
+        """The user, soft-deleted or not (history outlives a delete)."""
+        stmt = sa.select(User).where(User.public_id == public_id)
+        return self.session.scalar(stmt.execution_options(**{INCLUDE_DELETED: True}))
 
     def get_by_email(self, email: str) -> User | None:
         return self.session.scalar(

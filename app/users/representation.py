@@ -34,3 +34,18 @@ def with_email(public: dict[str, Any], email: str) -> dict[str, Any]:
 def private_user(user: User) -> dict[str, Any]:
     """What the user themself and admins see."""
     return with_email(public_user(user), user.email)
+
+
+def private_user_from_state(public_id: str, version: int, state: dict[str, Any]) -> dict[str, Any]:
+    """The private representation of a user rebuilt from their events' folded state
+    (app/core/history.py): the same fields, values and order as `private_user` of the row."""
+    public = {
+        "id": public_id,
+        "username": state["username"],
+        "display_name": state["display_name"],
+        "bio": state["bio"],
+        "created_at": state["created_at"],
+        "updated_at": state["updated_at"],
+        "version": version,
+    }
+    return with_email(public, state["email"])

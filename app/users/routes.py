@@ -19,6 +19,12 @@ from app.auth.service import family_of
 from app.core.api import ApiBlueprint, errors_doc, link, operation
 from app.core.cache import Cache
 from app.core.cached_read import cached_read
+from app.core.history_http import (
+    AsOfArgsSchema,
+    EventListEnvelopeSchema,
+    requested_instant,
+    trail_json,
+)
 from app.core.http import if_match, listing_json, page_params, single_json
 from app.core.idempotency import idempotent
 from app.core.limiting import client_ip, route_limit
@@ -26,7 +32,12 @@ from app.core.pagination import PageArgsSchema
 from app.core.security import Principal
 from app.users.cache import USER_KIND, UserSnapshot
 from app.users.models import User
-from app.users.representation import private_user, public_user, with_email
+from app.users.representation import (
+    private_user,
+    private_user_from_state,
+    public_user,
+    with_email,
+)
 from app.users.schemas import (
     UserCreateSchema,
     UserEnvelopeSchema,
@@ -46,6 +57,7 @@ USER_LINKS = {
     "ReplaceUser": link("replaceUser", user_id=USER_ID),
     "DeleteUser": link("deleteUser", user_id=USER_ID),
     "ListUserPosts": link("listUserPosts", user_id=USER_ID),
+    "ListUserEvents": link("listUserEvents", user_id=USER_ID),
     "CreatePost": link("createPost", user_id=USER_ID),
 }
 # OpenAPI examples, not credentials.
@@ -77,6 +89,15 @@ def public_read(data: dict[str, Any], viewer: Principal | None) -> dict[str, Any
     if viewer is not None and viewer.may_act_for(data["owner"]):
         return None
     return data["public"]
+
+
+def respond_as_of(user_id: uuid.UUID, as_of: str) -> Any:
+    """The user as they were at `as_of`, for themself or an admin: what their GET answered
+    then (with the email), rebuilt from events."""
+    at, viewer = requested_instant(as_of, current_principal())
+    replayed = service().as_of(user_id, at, viewer=viewer)
+    view = private_user_from_state(str(user_id), replayed.version, replayed.state)
+    return single_json(view, replayed.version, variant=PRIVATE)
 
 
 def respond(user: User) -> Any:
@@ -132,11 +153,15 @@ def update_user(user_id: uuid.UUID, data: dict[str, Any]) -> User:
 class UserItem(MethodView):
     @blp.response(200, UserEnvelopeSchema)
     @operation(blp, "getUser", security=[*BEARER_AUTH, {}], conditional="read")
-    @errors_doc(blp, 401, 404)
+    @errors_doc(blp, 400, 401, 403, 404, 422)
     @authenticated(optional=True)
     @cached_read(USER_KIND, "user_id", public_read)  # served by the pipeline when cached
-    def get(self, user_id: uuid.UUID) -> Any:
-        """Get a user (the email only for the user themself and admins)."""
+    @blp.arguments(AsOfArgsSchema, location="query", as_kwargs=True)
+    def get(self, user_id: uuid.UUID, as_of: str | None = None) -> Any:
+        """Get a user (the email only for the user themself and admins); with `as_of`, as
+        they were at that instant (the user themself and admins)."""
+        if as_of is not None:
+            return respond_as_of(user_id, as_of)
         users = service()
         return respond_snapshot(users.read(user_id), users.cache)
 
@@ -172,13 +197,29 @@ class UserItem(MethodView):
         return ""
 
 
+@blp.route("/users/<uuid:user_id>/events")
+class UserEvents(MethodView):
+    @blp.response(200, EventListEnvelopeSchema)
+    @operation(blp, "listUserEvents", security=BEARER_AUTH, conditional="read")
+    @errors_doc(blp, 400, 401, 403, 404)
+    @authenticated()
+    @blp.arguments(PageArgsSchema, location="query", as_kwargs=True)
+    def get(self, user_id: uuid.UUID, **args: Any) -> Any:
+        """A user's audit trail: every write to them, oldest first (the user themself, admins)."""
+        page = service().events(user_id, page_params(args), viewer=require_principal())
+        return trail_json(page)
+
+
 @blp.route("/me")
 class Me(MethodView):
     @blp.response(200, UserEnvelopeSchema)
     @operation(blp, "getMe", security=BEARER_AUTH, links={200: USER_LINKS})
-    @errors_doc(blp, 401)
+    @errors_doc(blp, 400, 401, 404, 422)
     @authenticated()
-    def get(self) -> Any:
-        """The caller's own user."""
+    @blp.arguments(AsOfArgsSchema, location="query", as_kwargs=True)
+    def get(self, as_of: str | None = None) -> Any:
+        """The caller's own user; with `as_of`, as they were at that instant."""
+        if as_of is not None:
+            return respond_as_of(require_principal().public_id, as_of)
         users = service()
         return respond_snapshot(users.read(require_principal().public_id), users.cache)

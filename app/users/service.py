@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Collection
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -15,6 +16,8 @@ from app.core.cache import Cache, app_cache
 from app.core.conditional import check_version
 from app.core.db import utcnow
 from app.core.errors import Conflict, Forbidden, NotFound, RateLimited
+from app.core.events import Event
+from app.core.history import EventLog, Replayed, present
 from app.core.http import cursor_codec
 from app.core.pagination import CursorCodec, Page, PageParams
 from app.core.security import Principal, passwords
@@ -29,6 +32,8 @@ from app.users.models import User
 from app.users.repository import UserRepository
 
 PROFILE_FIELDS = ("email", "username", "display_name", "bio")
+# What user.created records: every field of the representation (and the admin flag).
+CREATED_FIELDS = (*PROFILE_FIELDS, "is_admin", "created_at", "updated_at")
 USER_AGGREGATE = "user"
 
 
@@ -85,11 +90,37 @@ class UserService:
     def email_visible(user: User, viewer: Principal | None) -> bool:
         return viewer is not None and viewer.may_act_for(user.id)
 
+    # History ---------------------------------------------------------------------------------
+
+    def events(self, public_id: uuid.UUID, params: PageParams, *, viewer: Principal) -> Page[Event]:
+        """The user's audit trail, oldest first (the user themself, admins)."""
+        self._history_reader(public_id, viewer)
+        return EventLog(self.session).page(USER_AGGREGATE, public_id, params, self.codec)
+
+    def as_of(self, public_id: uuid.UUID, at: datetime, *, viewer: Principal) -> Replayed:
+        """The user as they were at `at`, rebuilt from their events alone (404 before they
+        existed or once deleted; 422 before the history kept)."""
+        self._history_reader(public_id, viewer)
+        return present(EventLog(self.session).state_at(USER_AGGREGATE, public_id, at), "user")
+
+    def _history_reader(self, public_id: uuid.UUID, viewer: Principal) -> User:
+        """The user whose history `viewer` may read: their own, or anyone's for an admin, even
+        once deleted. Someone else's is 403 (404 once deleted: deleted users are 404 to all)."""
+        user = self.users.get_any(public_id)
+        if user is None:
+            raise NotFound("No such user.")
+        if not viewer.may_act_for(user.id):
+            if user.deleted_at is not None:
+                raise NotFound("No such user.")
+            raise Forbidden("Only the user themself and admins may read a user's history.")
+        return user
+
     # Writes ----------------------------------------------------------------------------------
 
     def register(self, data: dict[str, Any], *, actor: Principal | None = None) -> User:
         email = normalise_email(data["email"])  # the schema did; callers outside HTTP too
         self._ensure_free(email=email, username=data["username"])
+        now = utcnow()
         user = User(
             public_id=uuid.uuid4(),
             email=email,
@@ -98,6 +129,9 @@ class UserService:
             display_name=data.get("display_name") or data["username"],
             bio=data.get("bio", ""),
             is_admin=bool(data.get("is_admin", False)),
+            created_at=now,
+            updated_at=now,
+            version=1,
         )
         with UnitOfWork(self.session, actor_id=actor.public_id if actor else None) as uow:
             self.users.add(user)
@@ -108,8 +142,9 @@ class UserService:
                 aggregate_type=USER_AGGREGATE,
                 aggregate_id=user.public_id,
                 version=user.version,
-                values={f: getattr(user, f) for f in (*PROFILE_FIELDS, "is_admin")},
+                values={f: getattr(user, f) for f in CREATED_FIELDS},
                 secret_fields=("password",),
+                occurred_at=now,
             )
         return user
 
@@ -147,6 +182,7 @@ class UserService:
         self._ensure_free(
             email=values.get("email"), username=values.get("username"), exclude_id=user.id
         )
+        now = utcnow()
         with UnitOfWork(self.session, actor_id=actor.public_id) as uow:
             for key, value in values.items():
                 setattr(user, key, value)
@@ -154,15 +190,16 @@ class UserService:
                 user.password_hash = passwords.hash(new_password)
                 user.tokens_cutoff_ms = int(time.time() * 1000)
                 user.tokens_kept_family = family if actor.owns(user.id) else None
-            user.updated_at = utcnow()
+            user.updated_at = now
             user.version += 1
             uow.record(
                 "user.updated",
                 aggregate_type=USER_AGGREGATE,
                 aggregate_id=user.public_id,
                 version=user.version,
-                values=values,
+                values={**values, "updated_at": now},
                 secret_fields=("password",) if new_password is not None else (),
+                occurred_at=now,
             )
         if new_password is not None:
             security_event(
@@ -191,17 +228,20 @@ class UserService:
                 aggregate_type=USER_AGGREGATE,
                 aggregate_id=user.public_id,
                 version=user.version,
-                values={"deleted_at": now},
+                values={"deleted_at": now, "updated_at": now},
+                occurred_at=now,
             )
+            # Each of their posts gets its own post.deleted, in this transaction.
             gone = self.posts.soft_delete_by_author(user.id, now)
             for post_id, post_version in gone:
                 uow.record(
                     "post.deleted",
                     aggregate_type="post",
-                    refs={"author_id": user.public_id},
+                    refs={"author_id": user.public_id, "reason": AUTHOR_DELETED},
                     aggregate_id=post_id,
                     version=post_version,
-                    values={"deleted_at": now, "reason": AUTHOR_DELETED},
+                    values={"deleted_at": now, "updated_at": now},
+                    occurred_at=now,
                 )
 
     # Helpers ---------------------------------------------------------------------------------

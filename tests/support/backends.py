@@ -24,7 +24,17 @@ from app.extensions import db
 DATABASE_URL = os.environ.get("DATABASE_URL") or None
 REDIS_URL = os.environ.get("REDIS_URL") or None
 ON_POSTGRES = bool(DATABASE_URL and DATABASE_URL.startswith("postgresql"))
-TABLES = ("backfill_runs", "events", "idempotency_keys", "posts", "revoked_tokens", "users")
+TABLES = (
+    "backfill_runs",
+    "events",
+    "events_prune_gate",
+    "idempotency_keys",
+    "outbox",
+    "posts",
+    "revoked_tokens",
+    "snapshots",
+    "users",
+)
 
 needs_postgres = pytest.mark.skipif(
     not ON_POSTGRES, reason="needs PostgreSQL: set DATABASE_URL=postgresql+psycopg://..."
@@ -64,6 +74,8 @@ def reset_database(application: Flask) -> None:
         if ON_POSTGRES:
             with db.engine.begin() as conn:
                 conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+                # The shards stay (the migration seeded them); a test's relay leases do not.
+                conn.execute(sa.text("UPDATE outbox_shards SET owner = NULL, lease_until = 0"))
         else:
             # SQLite's backup API rewrites the live file through a proper connection, so other
             # apps and processes with the file open see the fresh copy (a file copy under an open

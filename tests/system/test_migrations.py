@@ -14,7 +14,18 @@ from app.extensions import db
 from tests.support.backends import DATABASE_URL, ON_POSTGRES, test_config
 from tests.support.scratch_db import scratch_database
 
-APP_TABLES = {"users", "posts", "events", "revoked_tokens", "idempotency_keys", "backfill_runs"}
+APP_TABLES = {
+    "users",
+    "posts",
+    "events",
+    "revoked_tokens",
+    "idempotency_keys",
+    "backfill_runs",
+    "snapshots",
+    "events_prune_gate",
+    "outbox",
+    "outbox_shards",
+}
 
 
 @pytest.fixture
@@ -68,10 +79,11 @@ def test_events_are_append_only(app) -> None:
     with app.app_context():
         db.session.execute(
             sa.text(
-                "INSERT INTO events (event_type, aggregate_type, aggregate_id, aggregate_version,"
-                " occurred_at, data) VALUES ('x.test', 'x', :id, 1, CURRENT_TIMESTAMP, '{}')"
+                "INSERT INTO events (event_id, event_type, aggregate_type, aggregate_id,"
+                " aggregate_version, occurred_at, data)"
+                " VALUES (:event_id, 'x.test', 'x', :id, 1, CURRENT_TIMESTAMP, '{}')"
             ),
-            {"id": uuid.uuid4().hex},
+            {"event_id": uuid.uuid4().hex, "id": uuid.uuid4().hex},
         )
         db.session.commit()
         for statement in ("UPDATE events SET event_type = 'changed'", "DELETE FROM events"):

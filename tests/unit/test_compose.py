@@ -148,6 +148,21 @@ def test_metrics_directories_are_wired_as_the_code_expects() -> None:
     assert f"mkdir -p {worker_dir}" in (ROOT / "Dockerfile").read_text()
 
 
+def test_the_relay_runs_as_in_the_procfile_with_its_counters_merged_by_the_web() -> None:
+    from app.cli.outbox import outbox_cli
+
+    relay = SERVICES["relay"]
+    assert relay["command"] == ["flask", "--app", "wsgi", "outbox", "relay"]
+    assert "relay" in outbox_cli.commands
+    procfile = (ROOT / "Procfile").read_text()
+    assert re.search(r"^relay: .*exec \.venv/bin/flask --app wsgi outbox relay$", procfile, re.M)
+    # Its metric files go under the directory the web merges (searched recursively).
+    web_merges = SERVICES["web"]["environment"]["CELERY_METRICS_DIR"]
+    assert relay["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith(web_merges + "/")
+    assert f"celery-metrics:{web_merges}" in relay["volumes"]
+    assert relay["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
 def test_dockerignore_keeps_secrets_and_dev_files_out_but_not_what_the_image_copies() -> None:
     patterns = [
         line.strip()

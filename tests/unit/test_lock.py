@@ -31,7 +31,17 @@ def _uv() -> str | None:
 
 
 UV = _uv()
+
 needs_uv = pytest.mark.skipif(UV is None, reason="uv is not installed: `make install` adds it")
+
+
+def test_the_image_builds_with_the_makefiles_uv() -> None:
+    """The lock format belongs to a uv version: the image and `make` use the same one."""
+    makefile = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    dockerfile = re.search(r"^ARG UV_VERSION=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert makefile
+    assert dockerfile
+    assert makefile.group(1) == dockerfile.group(1)
 
 
 def _lock_check(directory: Path, *flags: str) -> subprocess.CompletedProcess[str]:
