@@ -148,6 +148,7 @@ MODEL_MODULES = (
     "app.auth.models",
     "app.core.events",
     "app.core.idempotency_store",
+    "app.core.outbox",
     "app.backfill.models",
 )
 
