@@ -55,12 +55,19 @@ migrate: $(RUNTIME_STAMP)
 run: migrate
 	$(BIN)/python -m app.ops.supervisor Procfile
 
+## Tests run in PYTEST_WORKERS parallel processes (pytest-xdist; `auto`: one per CPU), each on a
+## database and Redis db number of its own (tests/support/parallel.py); PYTEST_WORKERS=0 runs them
+## in one process. PYTHONDONTWRITEBYTECODE is cleared for pytest alone: it caches the test
+## modules it rewrites only where Python may write bytecode, and would rewrite ~180 every start.
+PYTEST_WORKERS ?= auto
+PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS)
+
 test: install
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 ## The fast subset while you work: unit and API tests, no real processes (tests/system left out).
 test-fast: install
-	$(BIN)/pytest -m "not system" $(PYTEST_ARGS)
+	$(PYTEST) -m "not system" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

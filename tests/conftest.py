@@ -39,10 +39,12 @@ from tests.support.backends import (
     reset_cache,
     reset_database,
     reset_redis,
+    restore_password_cost,
     sqlite_path,
     test_config,
 )
 from tests.support.logs import LIBRARY_LOGGERS
+from tests.support.parallel import create_worker_database, drop_worker_database, limit_workers
 
 pytest_plugins = ["tests.support.live"]  # the `server` fixture: a real gunicorn
 
@@ -69,6 +71,27 @@ __all__ = [
 
 KINDS = ("unit", "api", "system")
 TESTS = Path(__file__).resolve().parent
+_LIMITED: list[str] = []  # what limit_workers did, for the header
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    said = limit_workers(config)  # before xdist starts its workers (at session start)
+    if said:
+        _LIMITED.append(said)
+
+
+def pytest_report_header() -> list[str]:
+    return _LIMITED
+
+
+def pytest_sessionstart() -> None:
+    create_worker_database()  # a parallel worker's own PostgreSQL database (a no-op otherwise)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish() -> None:
+    drop_worker_database()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -114,6 +137,7 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
         reset_database(application)
         reset_redis()
         reset_cache()
+        restore_password_cost(application)
 
 
 @pytest.fixture
