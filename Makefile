@@ -57,10 +57,11 @@ run: migrate
 
 ## Tests run in PYTEST_WORKERS parallel processes (pytest-xdist; `auto`: one per CPU), each on a
 ## database and Redis db number of its own (tests/support/parallel.py); PYTEST_WORKERS=0 runs them
-## in one process. PYTHONDONTWRITEBYTECODE is cleared for pytest alone: it caches the test
-## modules it rewrites only where Python may write bytecode, and would rewrite ~180 every start.
+## in one process. A module marked xdist_group runs on one worker (its module-scoped fixture once).
+## PYTHONDONTWRITEBYTECODE is cleared for pytest alone: it caches the test modules it rewrites
+## only where Python may write bytecode, and would otherwise rewrite ~180 at every start.
 PYTEST_WORKERS ?= auto
-PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS)
+PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: install
 	$(PYTEST) $(PYTEST_ARGS)

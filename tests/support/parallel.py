@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -48,22 +49,17 @@ def _with_redis_db(url: str, number: int) -> str:
     return urlunsplit(parts._replace(path=f"/{number}"))
 
 
-def redis_dbs(environ: os._Environ[str] | dict[str, str] = os.environ) -> list[int]:
+def redis_dbs(environ: Mapping[str, str] = os.environ) -> list[int]:
     """The Redis db numbers this run may use, one per worker; [] when no Redis is named."""
-    listed = environ.get("TEST_REDIS_DBS", "")
-    if listed.strip():
-        return [int(part) for part in re.split(r"[,\s]+", listed.strip()) if part]
     numbers: list[int] = []
     for name in REDIS_VARIABLES:
         url = environ.get(name) or ""
         if _is_redis(url) and _redis_db(url) not in numbers:
             numbers.append(_redis_db(url))
+    listed = environ.get("TEST_REDIS_DBS", "").strip()
+    if numbers and listed:
+        return [int(part) for part in re.split(r"[,\s]+", listed) if part]
     return numbers
-
-
-def worker_number(worker: str | None = WORKER) -> int | None:
-    """0 for gw0, 1 for gw1, ...; None outside xdist."""
-    return int(worker.removeprefix("gw")) if worker else None
 
 
 def worker_database_url(url: str, worker: str) -> str:
@@ -76,26 +72,29 @@ def worker_database_url(url: str, worker: str) -> str:
     return base.set(database=f"{base.database}_{worker}").render_as_string(hide_password=False)
 
 
+def worker_environment(environ: Mapping[str, str], worker: str) -> dict[str, str]:
+    """The variables to change for `worker` (gw0, gw1, ...): its database, its Redis db."""
+    changes = {ISOLATED: worker}
+    if environ.get("DATABASE_URL"):
+        changes["DATABASE_URL"] = worker_database_url(environ["DATABASE_URL"], worker)
+    dbs = redis_dbs(environ)
+    number = int(worker.removeprefix("gw"))
+    if dbs and number >= len(dbs):  # the controller trims the workers to the dbs (limit_workers)
+        raise pytest.UsageError(f"no Redis db number for worker {worker}: only {dbs}")
+    for name in REDIS_VARIABLES:
+        url = environ.get(name) or ""
+        if _is_redis(url):
+            changes[name] = _with_redis_db(url, dbs[number])
+    return changes
+
+
 def isolate_worker() -> None:
     """In an xdist worker, point DATABASE_URL and the Redis URLs at the worker's own (see above).
     Called before anything reads them (tests/support/backends.py)."""
-    number = worker_number()
     # A process a test starts inherits the rewritten environment: it must not rewrite it again.
-    if number is None or os.environ.get(ISOLATED) == WORKER:
+    if WORKER is None or os.environ.get(ISOLATED) == WORKER:
         return
-    os.environ[ISOLATED] = str(WORKER)
-    database_url = os.environ.get("DATABASE_URL") or ""
-    if database_url:
-        os.environ["DATABASE_URL"] = worker_database_url(database_url, str(WORKER))
-    dbs = redis_dbs()
-    if not dbs:
-        return
-    if number >= len(dbs):  # the controller trims the workers to the dbs (limit_workers)
-        raise pytest.UsageError(f"no Redis db number for worker {WORKER}: only {dbs}")
-    for name in REDIS_VARIABLES:
-        url = os.environ.get(name) or ""
-        if _is_redis(url):
-            os.environ[name] = _with_redis_db(url, dbs[number])
+    os.environ.update(worker_environment(os.environ, WORKER))
 
 
 def _admin_engine(url: str) -> sa.Engine:
@@ -129,10 +128,10 @@ def drop_worker_database() -> None:
     engine.dispose()
 
 
-def limit_workers(config: pytest.Config) -> str | None:
-    """In the xdist controller: no more workers than Redis db numbers. Returns what it did."""
+def limit_workers(config: pytest.Config, environ: Mapping[str, str] = os.environ) -> str | None:
+    """In the xdist controller: no more workers than Redis db numbers. Says what it did."""
     specs = getattr(config.option, "tx", None) or []
-    dbs = redis_dbs()
+    dbs = redis_dbs(environ)
     if WORKER is not None or not dbs or len(specs) <= len(dbs):
         return None
     config.option.tx = specs[: len(dbs)]

@@ -34,6 +34,9 @@ from tests.support.backends import test_config
 from tests.support.cache import cache_keys, entry
 from tests.support.workers import Worker, broker_settings, sleep_marks, wait_for
 
+# One xdist worker runs this module: its module-scoped fixture is built once, not per worker.
+pytestmark = pytest.mark.xdist_group("cache-workers")
+
 
 @pytest.fixture(scope="module")
 def broker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
