@@ -128,11 +128,13 @@ def drop_worker_database() -> None:
     engine.dispose()
 
 
-def limit_workers(config: pytest.Config, environ: Mapping[str, str] = os.environ) -> str | None:
+def limit_workers(
+    config: pytest.Config, environ: Mapping[str, str] = os.environ, worker: str | None = WORKER
+) -> str | None:
     """In the xdist controller: no more workers than Redis db numbers. Says what it did."""
     specs = getattr(config.option, "tx", None) or []
     dbs = redis_dbs(environ)
-    if WORKER is not None or not dbs or len(specs) <= len(dbs):
+    if worker is not None or not dbs or len(specs) <= len(dbs):
         return None
     config.option.tx = specs[: len(dbs)]
     return (
