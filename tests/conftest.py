@@ -94,9 +94,19 @@ def pytest_sessionfinish() -> None:
     drop_worker_database()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--serial",
+        choices=("include", "exclude", "only"),
+        default="include",
+        help="tests marked serial (timing drills): run them too (default), leave them out (make "
+        "test's parallel part), or run only them (its serial part)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test unit/api/system from its directory (tests/fuzz counts as system), so that
-    `pytest -m "not system"` is the fast subset."""
+    `pytest -m "not system"` is the fast subset; then keep or leave out the serial ones."""
     for item in items:
         try:
             parts = item.path.resolve().relative_to(TESTS).parts
@@ -105,6 +115,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         kind = "system" if parts[0] == "fuzz" else parts[0]
         if kind in KINDS:
             item.add_marker(getattr(pytest.mark, kind))
+    serial = config.getoption("serial")
+    if serial == "include":
+        return
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        is_serial = item.get_closest_marker("serial") is not None
+        (keep if is_serial == (serial == "only") else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
