@@ -150,6 +150,7 @@ MODEL_MODULES = (
     "app.core.idempotency_store",
     "app.core.outbox",
     "app.backfill.models",
+    "app.webhooks.models",
 )
 
 
