@@ -33,6 +33,8 @@ class Leases(Protocol):
 
     def release(self, name: str, owner: str) -> None: ...
 
+    def held(self, name: str) -> bool: ...
+
 
 class RedisLeases:
     def __init__(self, client: Any) -> None:
@@ -47,6 +49,9 @@ class RedisLeases:
 
     def release(self, name: str, owner: str) -> None:
         self._if_owner(keys=[name], args=[owner, 0])
+
+    def held(self, name: str) -> bool:
+        return bool(self.client.exists(name))
 
 
 class DiskLeases:
@@ -70,6 +75,9 @@ class DiskLeases:
         with self.cache.transact():
             if self.cache.get(name) == owner:
                 self.cache.delete(name)
+
+    def held(self, name: str) -> bool:
+        return self.cache.get(name) is not None
 
 
 _disk: dict[str, DiskLeases] = {}

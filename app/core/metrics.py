@@ -303,7 +303,7 @@ def authorize_scrape(authorization: str | None, token: str | None) -> None:
         raise ScrapeRefused("invalid")
 
 
-# A collector a domain adds to every scrape, built from the app's config (its own scrape-time reads).
+# A collector a domain adds to every scrape, built from the app's config (scrape-time reads).
 ScrapeCollector = Callable[[Mapping[str, Any]], Any]
 SCRAPE_COLLECTORS = "scrape_collectors"
 

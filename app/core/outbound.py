@@ -14,6 +14,7 @@ It never raises for anything the target does: the result says what happened.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -126,7 +127,7 @@ def _post_to(
         if time.monotonic() >= deadline:
             return Outcome(None, _ms_since(started), f"timed out after {policy.timeout:g} s")
         return None if _refused(exc) else Outcome(None, _ms_since(started), _describe(exc))
-    except (ConnectTimeoutError, ReadTimeoutError, TimeoutError, socket.timeout):
+    except (ConnectTimeoutError, ReadTimeoutError, TimeoutError):
         return Outcome(None, _ms_since(started), f"timed out after {policy.timeout:g} s")
     except (SSLError, ssl.SSLError) as exc:
         return Outcome(None, _ms_since(started), _clip(f"TLS failed: {exc}"))
@@ -177,10 +178,8 @@ def _abort(conn: HTTPConnection) -> None:
     """The deadline passed: end the connection, which fails whatever read or write is under way."""
     sock = getattr(conn, "sock", None)
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):  # already closed
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed
 
 
 def _host_header(target: Target) -> str:

@@ -105,7 +105,7 @@ class SharedBreakers:
                 breaker = self._breakers.get(key)
                 if breaker is None:
                     if len(self._breakers) >= _MAX_CACHED:
-                        self._breakers.clear()  # state is in the store: objects are cheap to rebuild
+                        self._breakers.clear()  # the state is in the store: cheap to rebuild
                     breaker = self._breakers[key] = pybreaker.CircuitBreaker(
                         fail_max=self.fail_max,
                         reset_timeout=self.reset_seconds,
@@ -166,7 +166,7 @@ class SharedBreakers:
         """How many targets are in each state, from the shared store (targets that never
         called have no state yet and are not counted)."""
         suffix = ":pybreaker:state"
-        counts: Counter[str] = Counter({state: 0 for state in STATES})
+        counts: Counter[str] = Counter(dict.fromkeys(STATES, 0))
         client = self._redis()
         if client is not None:
             keys = list(client.scan_iter(match=f"{self.prefix}:*{suffix}", count=1000))
