@@ -165,11 +165,13 @@ def test_500_500_200_is_delivered_with_one_webhook_id(hooks_app: Flask, account:
 
         server.expect_request("/in").respond_with_handler(handle)
         first = run_drain(hooks_app, hook)
-        assert first.failed == 1 and first.again_in is not None
+        assert first.failed == 1
+        assert first.again_in is not None
         drain_until(hooks_app, hook, lambda: deliveries(hooks_app, hook)[0]["status"] != "pending")
         (delivery,) = deliveries(hooks_app, hook)
         assert delivery["status"] == "delivered"
-        assert len(ids) == 3 and set(ids) == {delivery["public_id"]}
+        assert len(ids) == 3
+        assert set(ids) == {delivery["public_id"]}
         assert [(a["attempt"], a["status_code"]) for a in delivery["tried"]] == [
             (1, 500),
             (2, 500),
@@ -205,15 +207,19 @@ def test_a_target_that_never_answers_is_dead_lettered_with_its_breaker_open(
             assert breakers().state(hook) == "open"
             assert breakers().wait_seconds(hook) > 0
         skipped = run_drain(app, hook)
-        assert skipped.skipped_open and skipped.again_in and skipped.again_in <= 1.0
+        assert skipped.skipped_open
+        assert skipped.again_in
+        assert skipped.again_in <= 1.0
         assert len(arrived) == 2  # open: the deliveries wait, no attempt spent
         drain_until(app, hook, lambda: deliveries(app, hook)[0]["status"] != "pending")
         first, second = deliveries(app, hook)
-        assert first["status"] == "dead" and first["attempts"] == 3
+        assert first["status"] == "dead"
+        assert first["attempts"] == 3
         assert [a["error"] for a in first["tried"]] == ["timed out after 0.5 s"] * 3
         assert len(arrived) == 3
         # Head of line: the second waited; it was never attempted while the first was pending.
-        assert second["status"] == "pending" and second["attempts"] == 0
+        assert second["status"] == "pending"
+        assert second["attempts"] == 0
         with app.app_context():
             assert breakers().state(hook) == "open"  # the half-open probe (attempt 3) failed
         assert time.monotonic() - started < 10
@@ -275,7 +281,8 @@ def test_outbound_reads_a_huge_answer_only_up_to_the_cap() -> None:
         )
         outcome = outbound.post(server.url_for("/big"), b"{}", {}, policy)
         assert outcome.status_code == 500
-        assert outcome.error is not None and len(outcome.error) <= outbound.ERROR_TEXT_MAX
+        assert outcome.error is not None
+        assert len(outcome.error) <= outbound.ERROR_TEXT_MAX
         assert outcome.error.startswith("HTTP 500: xxxx")
 
 
