@@ -29,10 +29,14 @@ class Subscriber:
     owner_id: int
     events: tuple[str, ...]
     owner_is_admin: bool
+    created_at: datetime
 
-    def wants(self, event_type: str, owner_id: int | None) -> bool:
-        """An admin's webhook takes every event; a user's, those of their own aggregates."""
+    def wants(self, event_type: str, owner_id: int | None, occurred_at: datetime | None) -> bool:
+        """An admin's webhook takes every event; a user's, those of their own aggregates; none
+        takes an event from before it existed (a lagging feed must not replay the past)."""
         if "*" not in self.events and event_type not in self.events:
+            return False
+        if occurred_at is not None and occurred_at < self.created_at:
             return False
         return self.owner_is_admin or (owner_id is not None and owner_id == self.owner_id)
 
@@ -80,12 +84,26 @@ def subscribers(session: Session, owner_ids: Iterable[int]) -> list[Subscriber]:
     ids = sorted(set(owner_ids))
     mine = Webhook.owner_id.in_(ids) if ids else sa.false()
     rows = session.execute(
-        sa.select(Webhook.id, Webhook.public_id, Webhook.owner_id, Webhook.events, User.is_admin)
+        sa.select(
+            Webhook.id,
+            Webhook.public_id,
+            Webhook.owner_id,
+            Webhook.events,
+            User.is_admin,
+            Webhook.created_at,
+        )
         .join(User, User.id == Webhook.owner_id)
         .where(Webhook.active.is_(True), sa.or_(mine, User.is_admin.is_(True)))
     )
     return [
-        Subscriber(row.id, row.public_id, row.owner_id, tuple(row.events or ()), row.is_admin)
+        Subscriber(
+            row.id,
+            row.public_id,
+            row.owner_id,
+            tuple(row.events or ()),
+            row.is_admin,
+            row.created_at,
+        )
         for row in rows
     ]
 

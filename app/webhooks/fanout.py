@@ -5,12 +5,13 @@ one transaction, skipping any already recorded (the feed is at least once: a red
 inserts nothing twice), then asks for a drain of each webhook that got something new. Who gets
 what: a user's webhook the events of their own user and of their posts (deleted ones too); an
 admin's webhook every event; each filtered by its event types; inactive or deleted webhooks,
-and those of deleted owners, nothing.
+and those of deleted owners, nothing; no webhook gets an event from before it was created.
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,13 @@ def _uuid(value: Any) -> uuid.UUID | None:
         return None
 
 
+def _instant(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+
+
 def fan_out(events: Sequence[Mapping[str, Any]]) -> int:
     """Record the deliveries of `events` (a feed batch, in order); returns how many it offered
     (those already recorded are skipped by the insert)."""
@@ -46,9 +54,10 @@ def fan_out(events: Sequence[Mapping[str, Any]]) -> int:
         for event in events:
             aggregate = _uuid((event.get("aggregate") or {}).get("id"))
             owner = owner_of.get(aggregate) if aggregate is not None else None
+            occurred = _instant(event.get("occurred_at"))
             body: str | None = None
             for subscriber in subscribers:
-                if not subscriber.wants(str(event["type"]), owner):
+                if not subscriber.wants(str(event["type"]), owner, occurred):
                     continue
                 body = body or signing.payload(event)
                 rows.append(
