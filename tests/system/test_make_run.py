@@ -1,6 +1,6 @@
-"""`make run` for real (contract §1): migrations, then web + worker + beat + the outbox relay
-under one supervisor (app/ops/supervisor.py, honcho's Manager), every output line prefixed by
-its process and interleaved; Ctrl-C or SIGTERM gives each a warm stop.
+"""`make run` for real (contract §1): migrations, then web + worker + beat + the webhooks worker +
+the outbox relay under one supervisor (app/ops/supervisor.py, honcho's Manager), every output
+line prefixed by its process and interleaved; Ctrl-C or SIGTERM gives each a warm stop.
 
 Each test runs `make run` in a temporary instance directory (the embedded default's SQLite
 database, broker and cache live there, never in the repo's instance/), or on the PostgreSQL and
@@ -33,11 +33,12 @@ from tests.support.paths import ROOT
 
 MAKE = shutil.which("make")
 pytestmark = pytest.mark.skipif(MAKE is None, reason="needs GNU make")
-PREFIXED = re.compile(r"^\d\d:\d\d:\d\d (system|web\.1|worker\.1|beat\.1|relay\.1)\s*\| (.*)$")
+NAMES = r"system|web\.1|worker\.1|beat\.1|webhooks\.1|relay\.1"  # the supervised processes
+PREFIXED = re.compile(rf"^\d\d:\d\d:\d\d ({NAMES})\s*\| (.*)$")
 # honcho prints what it reads from a process in chunks: a chunk may end just before a line's
 # newline, and the next prefixed line is then glued to it. Lines start at each prefix.
-LINE_START = re.compile(r"(?=\d\d:\d\d:\d\d (?:system|web\.1|worker\.1|beat\.1|relay\.1)\s*\| )")
-PROCESSES = ("web.1", "worker.1", "beat.1", "relay.1")
+LINE_START = re.compile(rf"(?=\d\d:\d\d:\d\d (?:{NAMES})\s*\| )")
+PROCESSES = ("web.1", "worker.1", "beat.1", "webhooks.1", "relay.1")
 
 
 class MakeRun:
@@ -80,6 +81,9 @@ class MakeRun:
         self.wait_for("web to answer /health", self._web_up, timeout=120)
         self.wait_for("the worker to be ready", lambda: " ready." in self.said("worker.1"))
         self.wait_for("beat to start", lambda: "beat: Starting" in self.said("beat.1"))
+        self.wait_for(
+            "the webhooks worker to be ready", lambda: " ready." in self.said("webhooks.1")
+        )
         self.wait_for("the relay to start", lambda: "outbox_relay_started" in self.said("relay.1"))
         return self
 
