@@ -211,7 +211,9 @@ class WebhookService:
         deliveries: Sequence[WebhookDelivery],
         *,
         actor_id: uuid.UUID | None,
-    ) -> None:
+    ) -> bool:
+        """Whether the drain was published (False: nothing to retry, tasks off, broker down;
+        a sweep then finds the deliveries due)."""
         if not webhook.active:
             raise Conflict("The webhook is disabled: activate it before retrying deliveries.")
         for delivery in deliveries:
@@ -220,7 +222,7 @@ class WebhookService:
                     f"Only a dead delivery can be retried; this one is {delivery.status}."
                 )
         if not deliveries:
-            return
+            return False
         now = utcnow()
         with UnitOfWork(self.session, actor_id=actor_id):
             for delivery in deliveries:
@@ -228,7 +230,7 @@ class WebhookService:
                 delivery.attempts = 0
                 delivery.next_attempt_at = now
                 delivery.delivered_at = None
-        self.wake(webhook)
+        return self.wake(webhook)
 
     def wake(self, webhook: Webhook) -> bool:
         """Publish the drain of this webhook's pending deliveries (after a commit)."""
@@ -266,8 +268,9 @@ class WebhookService:
 
     def retry_as_operator(
         self, public_id: uuid.UUID, delivery_id: uuid.UUID | None = None
-    ) -> list[WebhookDelivery]:
-        """Retry one dead delivery, or every dead one (`delivery_id=None`); returns them."""
+    ) -> tuple[list[WebhookDelivery], bool]:
+        """Retry one dead delivery, or every dead one (`delivery_id=None`); returns them and
+        whether the drain was published."""
         webhook = self.find(public_id)
         if delivery_id is None:
             deliveries = self.deliveries.dead(webhook.id)
@@ -276,8 +279,8 @@ class WebhookService:
             if delivery is None:
                 raise NotFound("No such delivery.")
             deliveries = [delivery]
-        self._retry(webhook, deliveries, actor_id=None)
-        return list(deliveries)
+        published = self._retry(webhook, deliveries, actor_id=None)
+        return list(deliveries), published
 
     def disable(self, public_id: uuid.UUID, *, reason: str | None = None) -> Webhook:
         """Stop a webhook's deliveries (active=false) with the reason its owner will see; also

@@ -15,16 +15,14 @@ import pytest
 from flask import Flask
 
 from app.extensions import db
-from app.webhooks.models import DEAD, DELIVERED, PENDING, WebhookAttempt, WebhookDelivery
-from app.webhooks.repository import DeliveryRepository, WebhookRepository
+from app.webhooks.models import DEAD, DELIVERED, PENDING
 from app.webhooks.service import DRAIN_TASK, WebhookService
 from tests.factories import UNKNOWN_ID
 from tests.support.assertions import assert_error
 from tests.support.cache import sql_statements
+from tests.support.webhooks import T0, add_delivery, new_webhook
 from tests.support.workers import forget_queue
 
-PUBLIC_URL = "https://93.184.216.34/hooks"
-T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 DELIVERY_FIELDS = {
     "id",
     "event_id",
@@ -38,69 +36,6 @@ DELIVERY_FIELDS = {
     "last_error",
     "attempts_log",
 }
-
-
-def new_webhook(client, account, events: list[str] | None = None) -> str:
-    response = client.post(
-        "/api/webhooks",
-        json={"url": PUBLIC_URL, "events": events or ["*"]},
-        headers=account.headers,
-    )
-    assert response.status_code == 201, response.json
-    return str(response.json["data"]["id"])
-
-
-def add_delivery(
-    app: Flask,
-    webhook_id: str,
-    *,
-    status: str = DEAD,
-    codes: tuple[int | None, ...] = (500, 500),
-    created_at: datetime = T0,
-    event_type: str = "post.created",
-) -> str:
-    """A delivery with one attempt per status code (None: a timeout), as the drain records them."""
-    with app.app_context():
-        webhook = WebhookRepository(db.session).get(uuid.UUID(webhook_id))
-        assert webhook is not None
-        deliveries = DeliveryRepository(db.session)
-        delivery = deliveries.add(
-            WebhookDelivery(
-                webhook_id=webhook.id,
-                event_id=uuid.uuid4(),
-                event_type=event_type,
-                payload='{"type":"post.created","timestamp":"2026-12-01T12:00:00+00:00","data":{}}',
-                status=status,
-                attempts=len(codes),
-                next_attempt_at=created_at + timedelta(minutes=5) if status == PENDING else None,
-                last_status_code=codes[-1] if codes else None,
-                last_error="HTTP 500" if status == DEAD else None,
-                created_at=created_at,
-                delivered_at=created_at + timedelta(seconds=1) if status == DELIVERED else None,
-            )
-        )
-        db.session.flush()
-        for n, code in enumerate(codes, start=1):
-            last = n == len(codes)
-            deliveries.add_attempt(
-                WebhookAttempt(
-                    delivery_id=delivery.id,
-                    attempt=n,
-                    started_at=created_at + timedelta(seconds=n),
-                    duration_ms=10 * n,
-                    status_code=code,
-                    error=None
-                    if code and code < 300
-                    else ("timeout" if code is None else f"HTTP {code}"),
-                    next_retry_at=None
-                    if last and status != PENDING
-                    else created_at + timedelta(minutes=n),
-                )
-            )
-        db.session.commit()
-        public_id = str(delivery.public_id)
-        db.session.remove()
-    return public_id
 
 
 def deliveries_path(webhook_id: str) -> str:
