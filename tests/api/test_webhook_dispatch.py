@@ -23,7 +23,7 @@ from app.webhooks.breakers import breakers
 from app.webhooks.dispatch import Drained, drain
 from app.webhooks.fanout import fan_out
 from tests.factories import Account, set_admin
-from tests.support.webhooks import (
+from tests.support.webhook_delivery import (
     FAST_WEBHOOKS,
     deliveries,
     feed_since,

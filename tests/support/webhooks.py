@@ -1,134 +1,80 @@
-"""Webhook test helpers: subscriptions written straight to the database (the delivery side is
-tested apart from the subscription API), the feed's events as the relay publishes them, what
-was recorded of deliveries and attempts, and a local receiver (pytest-httpserver) on 127.0.0.1."""
+"""Webhook test data: a subscription made through the API, and deliveries with their attempts
+written through the repository, as the delivery side writes them."""
 
 from __future__ import annotations
 
-import base64
-import secrets
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
-import sqlalchemy as sa
 from flask import Flask
-from pytest_httpserver import HTTPServer
 
-from app.core.db import INCLUDE_DELETED, utcnow
-from app.core.events import Event, event_json
 from app.extensions import db
-from app.users.models import User
-from app.webhooks.models import Webhook, WebhookAttempt, WebhookDelivery
+from app.webhooks.models import DEAD, DELIVERED, PENDING, WebhookAttempt, WebhookDelivery
+from app.webhooks.repository import DeliveryRepository, WebhookRepository
 
-# Short everything: the local receiver is plain http on loopback; retries come fast.
-FAST_WEBHOOKS = {
-    "WEBHOOKS_ALLOW_HTTP": True,
-    "WEBHOOKS_ALLOW_PRIVATE": True,
-    "WEBHOOKS_TIMEOUT_SECONDS": 0.5,
-    "WEBHOOKS_BACKOFF_BASE_SECONDS": 0.05,
-    "WEBHOOKS_BACKOFF_MAX_SECONDS": 0.2,
-    "WEBHOOKS_BREAKER_RESET_SECONDS": 1.0,
-}
+# A public address as a literal: checked like any name, with no DNS lookup in the tests.
+PUBLIC_URL = "https://93.184.216.34/hooks"
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+def new_webhook(client, account, events: list[str] | None = None) -> str:
+    response = client.post(
+        "/api/webhooks",
+        json={"url": PUBLIC_URL, "events": events or ["*"]},
+        headers=account.headers,
+    )
+    assert response.status_code == 201, response.json
+    return str(response.json["data"]["id"])
 
 
-def make_webhook(
+def add_delivery(
     app: Flask,
-    owner_id: str,
-    url: str,
+    webhook_id: str,
     *,
-    events: tuple[str, ...] = ("*",),
-    active: bool = True,
-    deleted: bool = False,
-) -> tuple[str, str]:
-    """A subscription of user `owner_id` (public id); returns (its public id, its secret)."""
-    secret = new_secret()
+    status: str = DEAD,
+    codes: tuple[int | None, ...] = (500, 500),
+    created_at: datetime = T0,
+    event_type: str = "post.created",
+) -> str:
+    """A delivery with one attempt per status code (None: a timeout), as the drain records them."""
     with app.app_context():
-        owner = db.session.scalar(
-            sa.select(User.id)
-            .where(User.public_id == uuid.UUID(owner_id))
-            .execution_options(**{INCLUDE_DELETED: True})
-        )
-        webhook = Webhook(
-            owner_id=owner,
-            url=url,
-            events=list(events),
-            secret=secret,
-            active=active,
-            deleted_at=utcnow() if deleted else None,
-        )
-        db.session.add(webhook)
-        db.session.commit()
-        public_id = str(webhook.public_id)
-        db.session.remove()
-    return public_id, secret
-
-
-def last_event_id(app: Flask) -> int:
-    with app.app_context():
-        found = db.session.scalar(sa.select(sa.func.coalesce(sa.func.max(Event.id), 0)))
-        db.session.remove()
-    return int(found or 0)
-
-
-def feed_since(app: Flask, since: int) -> list[dict[str, Any]]:
-    """The events after `since`, as the relay publishes them (`event_json`), in log order."""
-    with app.app_context():
-        rows = db.session.scalars(sa.select(Event).where(Event.id > since).order_by(Event.id))
-        events = [event_json(row) for row in rows]
-        db.session.remove()
-    return events
-
-
-def deliveries(app: Flask, webhook_id: str) -> list[dict[str, Any]]:
-    """A webhook's deliveries in id order, each with its attempts."""
-    with app.app_context():
-        rows = db.session.scalars(
-            sa.select(WebhookDelivery)
-            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
-            .where(Webhook.public_id == uuid.UUID(webhook_id))
-            .order_by(WebhookDelivery.id)
-            .execution_options(**{INCLUDE_DELETED: True})
-        ).all()
-        found = []
-        for row in rows:
-            tried = db.session.scalars(
-                sa.select(WebhookAttempt)
-                .where(WebhookAttempt.delivery_id == row.id)
-                .order_by(WebhookAttempt.id)
-            ).all()
-            found.append(
-                {
-                    "public_id": str(row.public_id),
-                    "event_id": str(row.event_id),
-                    "event_type": row.event_type,
-                    "payload": row.payload,
-                    "status": row.status,
-                    "attempts": row.attempts,
-                    "last_status_code": row.last_status_code,
-                    "last_error": row.last_error,
-                    "tried": [
-                        {"attempt": a.attempt, "status_code": a.status_code, "error": a.error}
-                        for a in tried
-                    ],
-                }
+        webhook = WebhookRepository(db.session).get(uuid.UUID(webhook_id))
+        assert webhook is not None
+        deliveries = DeliveryRepository(db.session)
+        delivery = deliveries.add(
+            WebhookDelivery(
+                webhook_id=webhook.id,
+                event_id=uuid.uuid4(),
+                event_type=event_type,
+                payload='{"type":"post.created","timestamp":"2026-12-01T12:00:00+00:00","data":{}}',
+                status=status,
+                attempts=len(codes),
+                next_attempt_at=created_at + timedelta(minutes=5) if status == PENDING else None,
+                last_status_code=codes[-1] if codes else None,
+                last_error="HTTP 500" if status == DEAD else None,
+                created_at=created_at,
+                delivered_at=created_at + timedelta(seconds=1) if status == DELIVERED else None,
             )
+        )
+        db.session.flush()
+        for n, code in enumerate(codes, start=1):
+            last = n == len(codes)
+            deliveries.add_attempt(
+                WebhookAttempt(
+                    delivery_id=delivery.id,
+                    attempt=n,
+                    started_at=created_at + timedelta(seconds=n),
+                    duration_ms=10 * n,
+                    status_code=code,
+                    error=None
+                    if code and code < 300
+                    else ("timeout" if code is None else f"HTTP {code}"),
+                    next_retry_at=None
+                    if last and status != PENDING
+                    else created_at + timedelta(minutes=n),
+                )
+            )
+        db.session.commit()
+        public_id = str(delivery.public_id)
         db.session.remove()
-    return found
-
-
-@contextmanager
-def receiver() -> Iterator[HTTPServer]:
-    """A threaded HTTP server on 127.0.0.1 (a free port): the webhook target."""
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.clear()
-        if server.is_running():
-            server.stop()
+    return public_id

@@ -21,7 +21,7 @@ from app.webhooks.breakers import breakers_for
 from app.webhooks.fanout import fan_out
 from tests.factories import make_account
 from tests.support.outbox import RelayProcess, wait_until
-from tests.support.webhooks import deliveries, feed_since, last_event_id, make_webhook, receiver
+from tests.support.webhook_delivery import deliveries, feed_since, last_event_id, make_webhook, receiver
 from tests.support.workers import Worker, broker_settings, forget_queue
 
 pytestmark = pytest.mark.slow
