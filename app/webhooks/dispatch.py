@@ -209,22 +209,12 @@ def _attempt(
     breaker = breakers().breaker(key)
     started_at = datetime.now(UTC)
     headers = signing.headers(secret, str(head.public_id), head.payload, now=time.time())
-    outcome: outbound.Outcome | None = None
-    try:
-        with breaker.calling():
-            body = head.payload.encode()
-            outcome = outbound.post(url, body, headers, call_policy, resolve=resolve)
-            if not outcome.ok:
-                raise TargetFailed(outcome.error or f"HTTP {outcome.status_code}")
-    except pybreaker.CircuitBreakerError:
-        if outcome is None:  # opened by another process a moment ago: no attempt was made
-            result.skipped_open = True
-            result.again_in = breakers().wait_seconds(key) or 0.0
-            WEBHOOK_DELIVERIES.labels(outcome="skipped_open").inc()
-            return PENDING
-    except TargetFailed:
-        pass
-    assert outcome is not None
+    outcome = _send(breaker, url, head.payload.encode(), headers, call_policy, resolve)
+    if outcome is None:  # the breaker was open (it opened a moment ago): no attempt was made
+        result.skipped_open = True
+        result.again_in = breakers().wait_seconds(key) or 0.0
+        WEBHOOK_DELIVERIES.labels(outcome="skipped_open").inc()
+        return PENDING
     attempt = head.attempts + 1
     finished = datetime.now(UTC)
     if outcome.ok:
@@ -269,6 +259,26 @@ def _attempt(
             },
         )
     return status
+
+
+def _send(
+    breaker: pybreaker.CircuitBreaker,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    call_policy: outbound.Policy,
+    resolve: Resolver,
+) -> outbound.Outcome | None:
+    """POST through the breaker (a failure counts against it); None when it let nothing out."""
+    sent: list[outbound.Outcome] = []
+    try:
+        with breaker.calling():
+            sent.append(outbound.post(url, body, headers, call_policy, resolve=resolve))
+            if not sent[0].ok:
+                raise TargetFailed(sent[0].error or f"HTTP {sent[0].status_code}")
+    except (pybreaker.CircuitBreakerError, TargetFailed):
+        pass  # recorded by the caller; the breaker has counted it
+    return sent[0] if sent else None
 
 
 def _lease_dir() -> str:

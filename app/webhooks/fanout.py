@@ -11,8 +11,8 @@ and those of deleted owners, nothing; no webhook gets an event from before it wa
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from app.core.db import utcnow
