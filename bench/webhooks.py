@@ -127,6 +127,75 @@ class Target:
             self.server.shutdown()
 
 
+def serve_targets(kinds: list[str], pipe: Any) -> None:
+    """The receivers' own process (as remote receivers would be, they do not share the bench's
+    client process and its GIL): every target, and a control endpoint for the bench."""
+    targets = {n: Target(n, kind) for n, kind in enumerate(kinds)}
+
+    class Control(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # http.server's name: the secrets
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            for index, secret in body.items():
+                targets[int(index)].secret = secret
+            self.answer({})
+
+        def do_GET(self) -> None:  # what each target received
+            found = {}
+            for index, target in targets.items():
+                with target.lock:
+                    found[index] = {"received": list(target.received), "bad": target.bad_signatures}
+            self.answer(found)
+
+        def answer(self, value: Any) -> None:
+            data = json.dumps(value).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    control = ThreadingHTTPServer(("127.0.0.1", 0), Control)
+    pipe.send(
+        {"control": control.server_address[1], "urls": {n: t.url for n, t in targets.items()}}
+    )
+    control.serve_forever()
+
+
+class Receivers:
+    """The bench's handle on the receivers' process."""
+
+    def __init__(self, kinds: list[str]) -> None:
+        import multiprocessing
+
+        self.kinds = kinds
+        parent, child = multiprocessing.Pipe()
+        self.proc = multiprocessing.get_context("fork").Process(
+            target=serve_targets, args=(kinds, child), daemon=True
+        )
+        self.proc.start()
+        told = parent.recv()
+        self.control = told["control"]
+        self.urls = {int(n): url for n, url in told["urls"].items()}
+
+    def set_secrets(self, secrets: dict[int, str]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.control, timeout=30)
+        conn.request("POST", "/", body=json.dumps(secrets))
+        conn.getresponse().read()
+        conn.close()
+
+    def records(self) -> dict[int, dict[str, Any]]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.control, timeout=60)
+        conn.request("GET", "/")
+        found = json.loads(conn.getresponse().read())
+        conn.close()
+        return {int(n): value for n, value in found.items()}
+
+    def close(self) -> None:
+        self.proc.kill()
+
+
 def free_port() -> int:
     import socket
 
@@ -257,10 +326,8 @@ def phase(accounts: list[dict[str, Any]], rate: float) -> dict[str, Any]:
     }
 
 
-def check_target(target: Target, expected: dict[str, list[int]]) -> dict[str, Any]:
+def check_target(got: list[dict[str, Any]], expected: dict[str, list[int]]) -> dict[str, Any]:
     """Got every event of its user once, each aggregate's versions in increasing order."""
-    with target.lock:
-        got = list(target.received)
     ids = Counter(item["id"] for item in got)
     per_aggregate: dict[str, list[int]] = {}
     for item in got:
@@ -315,14 +382,15 @@ def make_accounts(count: int) -> list[dict[str, Any]]:
 
 
 def wait_delivered(
-    targets: list[Target], expected: dict[int, dict[str, list[int]]], limit: float
+    receivers: Receivers, expected: dict[int, dict[str, list[int]]], limit: float
 ) -> bool:
     deadline = time.monotonic() + limit
-    healthy = [t for t in targets if t.behaviour == "healthy"]
+    healthy = [n for n, kind in enumerate(receivers.kinds) if kind == "healthy"]
     while time.monotonic() < deadline:
-        if all(check_target(t, expected[t.index])["complete"] for t in healthy):
+        records = receivers.records()
+        if all(check_target(records[n]["received"], expected[n])["complete"] for n in healthy):
             return True
-        time.sleep(0.5)
+        time.sleep(1.0)
     return False
 
 
@@ -335,10 +403,14 @@ def main() -> None:
     broker = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL") or ""
     if not database.startswith("postgresql") or not broker.startswith("redis"):
         raise SystemExit("needs DATABASE_URL=postgresql+psycopg://... and a Redis broker")
+    kinds = ["slow"] * SLOW + ["refusing"] * REFUSING + ["failing"] * FAILING
+    kinds += ["healthy"] * (USERS - len(kinds))
+    receivers = Receivers(kinds)  # forked first, before this process starts any thread
     tag = uuid.uuid4().hex[:8]
     feed, hooks = f"bench-feed-{tag}", f"bench-hooks-{tag}"
     with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as tmp, ExitStack() as stack:
         work = Path(tmp)
+        stack.callback(receivers.close)
         url = stack.enter_context(scratch_database(database, work, "webhooks"))
         env = production_env(
             work,
@@ -351,7 +423,8 @@ def main() -> None:
             WEBHOOKS_ALLOW_PRIVATE="true",
             WEBHOOKS_PER_USER="5",
             TASKS_ENABLED="true",
-            LOG_LEVEL="WARNING",
+            LOG_LEVEL="INFO",
+            PYTHONUNBUFFERED="1",
             RATELIMIT_AUTHENTICATED=OUT_OF_REACH,
             RATELIMIT_ANONYMOUS=OUT_OF_REACH,
             RATELIMIT_REGISTER=OUT_OF_REACH,
@@ -368,6 +441,7 @@ def main() -> None:
             "worker",
             "--without-gossip",
             "--without-mingle",
+            "--loglevel=INFO",
         ]
         web = start(env, PORT, work / "web.log")
         stack.callback(web.terminate)
@@ -397,35 +471,34 @@ def main() -> None:
         idle = phase(accounts, args.rate)
         time.sleep(5)  # its events consumed before subscribing
 
-        kinds = ["slow"] * SLOW + ["refusing"] * REFUSING + ["failing"] * FAILING
-        kinds += ["healthy"] * (USERS - len(kinds))
-        targets = [Target(n, kind) for n, kind in enumerate(kinds)]
-        for target in targets:
-            stack.callback(target.close)
-        for account, target in zip(accounts, targets, strict=True):
+        secrets: dict[int, str] = {}
+        for account in accounts:
             created = call(
                 PORT,
                 "POST",
                 "/api/webhooks",
-                {"url": target.url, "events": ["*"]},
+                {"url": receivers.urls[account["n"]], "events": ["*"]},
                 account["token"],
             )
-            target.secret = created["data"]["secret"]
+            secrets[account["n"]] = created["data"]["secret"]
             account["webhook"] = created["data"]["id"]
+        receivers.set_secrets(secrets)
         with psycopg.connect(pg_url(url)) as conn:
             versions = dict(conn.execute("SELECT public_id::text, version FROM posts").fetchall())
         expected = {
-            target.index: {
+            account["n"]: {
                 post: list(range(versions[post] + 1, versions[post] + 1 + EDITS))
                 for post in account["posts"]
             }
-            for account, target in zip(accounts, targets, strict=True)
+            for account in accounts
         }
         print("drill (50 targets)", flush=True)
         drill = phase(accounts, args.rate)
-        delivered = wait_delivered(targets, expected, limit=240)
+        delivered = wait_delivered(receivers, expected, limit=240)
         finished = time.monotonic()
-        checks = {t.index: check_target(t, expected[t.index]) for t in targets}
+        records = receivers.records()
+        checks = {n: check_target(records[n]["received"], expected[n]) for n in records}
+        bad = sum(found["bad"] for found in records.values())
         with psycopg.connect(pg_url(url)) as conn:
             statuses = conn.execute(
                 "SELECT w.url, d.status, count(*) FROM webhook_deliveries d "
@@ -439,30 +512,31 @@ def main() -> None:
                 client.get(f"postboard:webhooks:breaker:{a['webhook']}:pybreaker:state") or b"none"
             ).decode()
             + ":"
-            + t.behaviour
-            for a, t in zip(accounts, targets, strict=True)
+            + kinds[a["n"]]
+            for a in accounts
         )
         client.close()
-        report(args, idle, drill, targets, checks, delivered, finished, statuses, breakers)
+        report(args, idle, drill, receivers, checks, bad, delivered, finished, statuses, breakers)
 
 
 def report(
     args: argparse.Namespace,
     idle: dict[str, Any],
     drill: dict[str, Any],
-    targets: list[Target],
+    receivers: Receivers,
     checks: dict[int, dict[str, Any]],
+    bad: int,
     delivered: bool,
     finished: float,
     statuses: list[tuple[str, str, int]],
     breakers: Counter[str],
 ) -> None:
     by_kind: dict[str, list[int]] = {}
-    for target in targets:
-        by_kind.setdefault(target.behaviour, []).append(target.index)
+    for index, kind in enumerate(receivers.kinds):
+        by_kind.setdefault(kind, []).append(index)
     healthy = [checks[i] for i in by_kind["healthy"]]
     last = max(c["last_at"] or 0 for c in healthy)
-    url_kind = {t.url: t.behaviour for t in targets}
+    url_kind = {receivers.urls[n]: kind for n, kind in enumerate(receivers.kinds)}
     status_table: dict[str, Counter[str]] = {}
     for url, status, count in statuses:
         status_table.setdefault(url_kind[url], Counter())[status] += count
@@ -497,7 +571,7 @@ def report(
         f"({sum(c['distinct'] for c in healthy):,} of {len(healthy) * POSTS * EDITS:,}; "
         f"duplicates {sum(c['duplicates'] for c in healthy)}); in order per aggregate: "
         f"**{'yes' if all(c['in_order'] for c in healthy) else 'NO'}**; bad signatures: "
-        f"{sum(t.bad_signatures for t in targets)}.",
+        f"{bad}.",
         f"- Time to deliver: last healthy delivery **{last - drill['started']:.1f} s** after the "
         f"drill's first write ({last - drill['ended']:.1f} s after its last; the writes took "
         f"{drill['ended'] - drill['started']:.1f} s).",

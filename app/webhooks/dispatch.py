@@ -51,6 +51,8 @@ LEASE_PREFIX = "postboard:webhooks:drain"
 # is being fanned out) if it is younger than this; older, it is taken as never coming.
 ORDER_WAIT_SECONDS = 120.0
 ORDER_RECHECK_SECONDS = 1.0
+PAGE = 50  # pending deliveries read at a time, in order
+RENEW_EVERY_SECONDS = 5.0  # the lease is renewed this often while a drain runs
 
 
 class TargetFailed(Exception):
@@ -142,6 +144,18 @@ def _due_now(public_id: uuid.UUID) -> bool:
     return head is not None and (head.next_attempt_at is None or head.next_attempt_at <= now)
 
 
+@dataclass(frozen=True)
+class _Target:
+    """What a drain needs of its webhook, read once when it starts (a webhook disabled or
+    deleted meanwhile gets at most one drain's worth, DRAIN_BUDGET_SECONDS, more)."""
+
+    id: int
+    url: str
+    secret: str
+    created_at: datetime
+    events: tuple[str, ...]
+
+
 def _drain_held(
     public_id: uuid.UUID,
     policy: WebhookPolicy,
@@ -153,52 +167,66 @@ def _drain_held(
     renew: Callable[[], bool],
 ) -> None:
     session = db.session()
-    started = time.monotonic()
+    started = renewed = time.monotonic()
     key = str(public_id)
     shared = breakers()
+    webhook = repo.webhook_for_drain(session, public_id)
+    if webhook is None:
+        session.rollback()
+        return
+    target = _Target(
+        webhook.id, webhook.url, webhook.secret, webhook.created_at, tuple(webhook.events or ())
+    )
+    session.rollback()
+    # (aggregate, version) sent or dead-lettered by this drain: their successors need no check.
+    handled: set[tuple[uuid.UUID | None, int | None]] = set()
     while True:
-        webhook = repo.webhook_for_drain(session, public_id)
-        if webhook is None:
+        heads = repo.pending_page(session, target.id, limit=PAGE)
+        if not heads:
             session.rollback()
             return
-        wait = shared.wait_seconds(key)
-        if wait > 0:
-            result.skipped_open = True
-            result.again_in = wait
-            WEBHOOK_DELIVERIES.labels(outcome="skipped_open").inc()
-            session.rollback()
-            return
-        head = repo.next_pending(session, webhook.id)
-        now = datetime.now(UTC)
-        if head is None:
-            session.rollback()
-            return
-        if head.next_attempt_at is not None and head.next_attempt_at > now:
-            result.again_in = (head.next_attempt_at - now).total_seconds()
-            session.rollback()
-            return
-        since = now - timedelta(seconds=ORDER_WAIT_SECONDS)
-        if repo.predecessor_unrecorded(session, webhook, head, since=since):
-            result.again_in = ORDER_RECHECK_SECONDS
-            session.rollback()
-            return
-        if time.monotonic() - started >= budget_seconds:
-            result.again_in = 0.0
-            session.rollback()
-            return
-        url, secret = webhook.url, webhook.secret
-        session.rollback()  # no transaction (nor pooled connection) held over the HTTP call
-        status = _attempt(head, url, secret, key, policy, call_policy, resolve, result)
-        if status == PENDING:
-            return  # head of line: what follows waits for this one's next try
-        if not renew():
-            return  # the lease ran out under us: whoever holds it now carries on
+        for head in heads:
+            if (wait := shared.wait_seconds(key)) > 0:
+                result.skipped_open = True
+                result.again_in = wait
+                WEBHOOK_DELIVERIES.labels(outcome="skipped_open").inc()
+                session.rollback()
+                return
+            now = datetime.now(UTC)
+            if head.next_attempt_at is not None and head.next_attempt_at > now:
+                result.again_in = (head.next_attempt_at - now).total_seconds()
+                session.rollback()
+                return  # head of line: nothing after it goes first
+            previous = (head.aggregate_id, head.version - 1 if head.version else None)
+            if previous not in handled and repo.predecessor_unrecorded(
+                session,
+                target.id,
+                created_at=target.created_at,
+                events=target.events,
+                head=head,
+                since=now - timedelta(seconds=ORDER_WAIT_SECONDS),
+            ):
+                result.again_in = ORDER_RECHECK_SECONDS
+                session.rollback()
+                return
+            if time.monotonic() - started >= budget_seconds:
+                result.again_in = 0.0
+                session.rollback()
+                return
+            session.rollback()  # no transaction (nor pooled connection) held over the HTTP call
+            status = _attempt(head, target, key, policy, call_policy, resolve, result)
+            if status == PENDING:
+                return  # head of line: what follows waits for this one's next try
+            handled.add((head.aggregate_id, head.version))
+            if time.monotonic() - renewed >= RENEW_EVERY_SECONDS:
+                if not renew():
+                    return  # the lease ran out under us: whoever holds it now carries on
+                renewed = time.monotonic()
 
 
 def _attempt(
     head: repo.Head,
-    url: str,
-    secret: str,
+    target: _Target,
     key: str,
     policy: WebhookPolicy,
     call_policy: outbound.Policy,
@@ -208,8 +236,8 @@ def _attempt(
     """One attempt of `head`: sent through the target's breaker, recorded; its new status."""
     breaker = breakers().breaker(key)
     started_at = datetime.now(UTC)
-    headers = signing.headers(secret, str(head.public_id), head.payload, now=time.time())
-    outcome = _send(breaker, url, head.payload.encode(), headers, call_policy, resolve)
+    headers = signing.headers(target.secret, str(head.public_id), head.payload, now=time.time())
+    outcome = _send(breaker, target.url, head.payload.encode(), headers, call_policy, resolve)
     if outcome is None:  # the breaker was open (it opened a moment ago): no attempt was made
         result.skipped_open = True
         result.again_in = breakers().wait_seconds(key) or 0.0
@@ -283,6 +311,13 @@ def _send(
 
 def _lease_dir() -> str:
     return os.path.join(str(current_app.config["CACHE_DIR"]), "webhook-leases")
+
+
+def drain_running(public_id: uuid.UUID) -> bool:
+    """Whether a drain holds the target now (it will see what was committed before it ends:
+    a drain re-checks for due deliveries after it lets go of its lease)."""
+    leases = shared_leases(current_app.config.get("REDIS_URL"), _lease_dir())
+    return leases.held(f"{LEASE_PREFIX}:{public_id}")
 
 
 def due_targets(limit: int = 1000) -> list[uuid.UUID]:

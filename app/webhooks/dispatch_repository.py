@@ -128,45 +128,61 @@ def webhook_for_drain(session: Session, public_id: uuid.UUID) -> Webhook | None:
     return webhook if webhook is not None and webhook.active else None
 
 
-def next_pending(session: Session, webhook_id: int) -> Head | None:
-    """The target's first pending delivery in event-log order (commit order per aggregate),
-    due or not: head of line."""
-    row = session.execute(
-        sa.select(
-            WebhookDelivery.id,
-            WebhookDelivery.public_id,
-            WebhookDelivery.event_id,
-            WebhookDelivery.event_type,
-            WebhookDelivery.payload,
-            WebhookDelivery.attempts,
-            WebhookDelivery.next_attempt_at,
-            Event.aggregate_type,
-            Event.aggregate_id,
-            Event.aggregate_version,
-        )
+_HEAD_COLUMNS = (
+    WebhookDelivery.id,
+    WebhookDelivery.public_id,
+    WebhookDelivery.event_id,
+    WebhookDelivery.event_type,
+    WebhookDelivery.payload,
+    WebhookDelivery.attempts,
+    WebhookDelivery.next_attempt_at,
+    Event.aggregate_type,
+    Event.aggregate_id,
+    Event.aggregate_version,
+)
+
+
+def pending_page(session: Session, webhook_id: int, *, limit: int) -> list[Head]:
+    """The target's first `limit` pending deliveries in event-log order (commit order per
+    aggregate), due or not: the first is the head of the line."""
+    rows = session.execute(
+        sa.select(*_HEAD_COLUMNS)
         .outerjoin(Event, Event.event_id == WebhookDelivery.event_id)
         .where(WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.status == PENDING)
         .order_by(sa.func.coalesce(Event.id, 0), WebhookDelivery.id)
-        .limit(1)
-    ).one_or_none()
-    if row is None:
-        return None
-    return Head(
-        id=row.id,
-        public_id=row.public_id,
-        event_id=row.event_id,
-        event_type=row.event_type,
-        payload=row.payload,
-        attempts=row.attempts,
-        next_attempt_at=row.next_attempt_at,
-        aggregate_type=row.aggregate_type,
-        aggregate_id=row.aggregate_id,
-        version=row.aggregate_version,
+        .limit(limit)
     )
+    return [
+        Head(
+            id=row.id,
+            public_id=row.public_id,
+            event_id=row.event_id,
+            event_type=row.event_type,
+            payload=row.payload,
+            attempts=row.attempts,
+            next_attempt_at=row.next_attempt_at,
+            aggregate_type=row.aggregate_type,
+            aggregate_id=row.aggregate_id,
+            version=row.aggregate_version,
+        )
+        for row in rows
+    ]
+
+
+def next_pending(session: Session, webhook_id: int) -> Head | None:
+    """The target's head of line (None: nothing pending)."""
+    page = pending_page(session, webhook_id, limit=1)
+    return page[0] if page else None
 
 
 def predecessor_unrecorded(
-    session: Session, webhook: Webhook, head: Head, *, since: datetime
+    session: Session,
+    webhook_id: int,
+    *,
+    created_at: datetime,
+    events: tuple[str, ...],
+    head: Head,
+    since: datetime,
 ) -> bool:
     """Whether the event just before `head`'s in its aggregate is one this webhook takes and
     has no delivery yet although it happened after `since` and after the webhook was made:
@@ -180,13 +196,13 @@ def predecessor_unrecorded(
             Event.aggregate_version == head.version - 1,
         )
     ).first()
-    if previous is None or previous.occurred_at < max(since, webhook.created_at):
+    if previous is None or previous.occurred_at < max(since, created_at):
         return False
-    if not webhook.matches(previous.event_type):
+    if "*" not in events and previous.event_type not in events:
         return False
     recorded = session.scalar(
         sa.select(WebhookDelivery.id).where(
-            WebhookDelivery.webhook_id == webhook.id,
+            WebhookDelivery.webhook_id == webhook_id,
             WebhookDelivery.event_id == previous.event_id,
         )
     )

@@ -20,6 +20,7 @@ from app.core.publishing import enqueue
 from app.extensions import db
 from app.webhooks import dispatch_repository as repo
 from app.webhooks import signing
+from app.webhooks.dispatch import drain_running
 from app.webhooks.models import PENDING
 
 DRAIN_TASK = "webhooks.drain"  # routed to WEBHOOKS_QUEUE (app/core/tasks.py)
@@ -78,6 +79,8 @@ def fan_out(events: Sequence[Mapping[str, Any]]) -> int:
         session.rollback()
         raise
     for subscriber in subscribers:
-        if subscriber.id in touched:
+        # A running drain takes the new rows too (it looks again after letting go of its
+        # lease, and these are committed): one message less per busy target and batch.
+        if subscriber.id in touched and not drain_running(subscriber.public_id):
             enqueue(DRAIN_TASK, str(subscriber.public_id))
     return len(rows)
