@@ -170,7 +170,8 @@ def test_the_webhooks_worker_consumes_the_webhooks_queue_on_threads() -> None:
     from app.settings import Settings
 
     command = SERVICES["webhooks"]["command"]
-    assert command[:4] == ["celery", "-A", "worker", "worker"]
+    assert command[:3] == ["nice", "-n", "10"]  # the request path first on a shared host
+    assert command[3:7] == ["celery", "-A", "worker", "worker"]
     assert command[command.index("-Q") + 1] == Settings.from_env("testing").webhooks_queue
     assert command[command.index("-P") + 1] == "threads"
     config = celery_config(Settings.from_env("testing").to_flask_config())
@@ -179,7 +180,7 @@ def test_the_webhooks_worker_consumes_the_webhooks_queue_on_threads() -> None:
     web_merges = SERVICES["web"]["environment"]["CELERY_METRICS_DIR"]
     assert SERVICES["webhooks"]["environment"]["PROMETHEUS_MULTIPROC_DIR"] == web_merges
     procfile = (ROOT / "Procfile").read_text()
-    assert re.search(r"^webhooks: .*celery -A worker worker .*-P threads", procfile, re.M)
+    assert re.search(r"^webhooks: .*exec nice -n 10 .*celery -A worker worker .*-P threads", procfile, re.M)
 
 
 def test_dockerignore_keeps_secrets_and_dev_files_out_but_not_what_the_image_copies() -> None:
