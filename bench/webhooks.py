@@ -32,7 +32,6 @@ import http.client
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import tempfile
@@ -41,169 +40,28 @@ import time
 import uuid
 from collections import Counter
 from contextlib import ExitStack
-from datetime import date
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from standardwebhooks import Webhook as Verifier
 
 from bench.limiter_overhead import BIN, ROOT, migrate, production_env, start
-from bench.loadgen import median
 from bench.read_path import OUT_OF_REACH, PASSWORD, call
 from bench.relay import pg_url
+from bench.webhook_report import report
+from bench.webhook_targets import (
+    FAILING,
+    POSTS,
+    REFUSING,
+    SLOW,
+    USERS,
+    Receivers,
+    check_target,
+)
 from tests.support.scratch_db import scratch_database
 from tests.support.workers import forget_queue
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
-SECTION_START = "<!-- bench.webhooks: start -->"
-SECTION_END = "<!-- bench.webhooks: end -->"
 PORT = 18491
-USERS, POSTS = 50, 10  # a round: every post edited once, 500 events; 4 rounds: 2,000
-SLOW, REFUSING, FAILING = 5, 3, 2  # targets: the rest are healthy
-SLOW_SECONDS = 9.0
-
-
-class Target:
-    """One local receiver: records what it got (verified), answers as told."""
-
-    def __init__(self, index: int, behaviour: str) -> None:
-        self.index = index
-        self.behaviour = behaviour  # healthy | slow | failing | refusing
-        self.secret = ""
-        self.received: list[dict[str, Any]] = []
-        self.bad_signatures = 0
-        self.lock = threading.Lock()
-        self.server: ThreadingHTTPServer | None = None
-        self.port = 0
-        if behaviour == "refusing":
-            self.port = free_port()  # nothing listens there
-            return
-        target = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                target.take(body, {k.lower(): v for k, v in self.headers.items()})
-                if target.behaviour == "slow":
-                    time.sleep(SLOW_SECONDS)
-                status = 500 if target.behaviour == "failing" else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook/{self.index}"
-
-    def take(self, body: bytes, headers: dict[str, str]) -> None:
-        try:
-            payload = Verifier(self.secret).verify(body, headers)
-        except Exception:
-            with self.lock:
-                self.bad_signatures += 1
-            return
-        data = payload["data"]
-        with self.lock:
-            self.received.append(
-                {
-                    "at": time.monotonic(),
-                    "id": data["id"],
-                    "aggregate": data["aggregate"]["id"],
-                    "version": data["version"],
-                }
-            )
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-
-
-def serve_targets(kinds: list[str], pipe: Any) -> None:
-    """The receivers' own process (as remote receivers would be, they do not share the bench's
-    client process and its GIL): every target, and a control endpoint for the bench."""
-    targets = {n: Target(n, kind) for n, kind in enumerate(kinds)}
-
-    class Control(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # http.server's name: the secrets
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            for index, secret in body.items():
-                targets[int(index)].secret = secret
-            self.answer({})
-
-        def do_GET(self) -> None:  # what each target received
-            found = {}
-            for index, target in targets.items():
-                with target.lock:
-                    found[index] = {"received": list(target.received), "bad": target.bad_signatures}
-            self.answer(found)
-
-        def answer(self, value: Any) -> None:
-            data = json.dumps(value).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    control = ThreadingHTTPServer(("127.0.0.1", 0), Control)
-    pipe.send(
-        {"control": control.server_address[1], "urls": {n: t.url for n, t in targets.items()}}
-    )
-    control.serve_forever()
-
-
-class Receivers:
-    """The bench's handle on the receivers' process."""
-
-    def __init__(self, kinds: list[str]) -> None:
-        import multiprocessing
-
-        self.kinds = kinds
-        parent, child = multiprocessing.Pipe()
-        self.proc = multiprocessing.get_context("fork").Process(
-            target=serve_targets, args=(kinds, child), daemon=True
-        )
-        self.proc.start()
-        told = parent.recv()
-        self.control = told["control"]
-        self.urls = {int(n): url for n, url in told["urls"].items()}
-
-    def set_secrets(self, secrets: dict[int, str]) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.control, timeout=30)
-        conn.request("POST", "/", body=json.dumps(secrets))
-        conn.getresponse().read()
-        conn.close()
-
-    def records(self) -> dict[int, dict[str, Any]]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.control, timeout=60)
-        conn.request("GET", "/")
-        found = json.loads(conn.getresponse().read())
-        conn.close()
-        return {int(n): value for n, value in found.items()}
-
-    def close(self) -> None:
-        self.proc.kill()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Process:
@@ -234,18 +92,12 @@ class Process:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def percentile(values: list[float], p: float) -> float:
-    data = sorted(values)
-    if not data:
-        return float("nan")
-    return data[min(len(data) - 1, max(0, round(p / 100 * (len(data) - 1))))]
-
-
 def phase(accounts: list[dict[str, Any]], rate: float) -> dict[str, Any]:
     """Every user edits each of their posts once, at `rate` writes/s in all, while a prober
     reads a post 20 times a second; the latencies of both, and each post's new version."""
     jobs = [(account, post) for account in accounts for post in account["posts"]]
     versions: dict[str, int] = {}
+    label = uuid.uuid4().hex[:8]
     writes: list[float] = []
     reads: list[float] = []
     errors = Counter[str]()
@@ -261,7 +113,9 @@ def phase(accounts: list[dict[str, Any]], rate: float) -> dict[str, Any]:
             if (pause := due - time.monotonic()) > 0:
                 time.sleep(pause)
             account, post = jobs[n]
-            body = json.dumps({"body": f"edit {n}"})
+            body = json.dumps(
+                {"body": f"edit {label} {n}"}
+            )  # a change: an unchanged PATCH is no event
             headers = {
                 "Authorization": f"Bearer {account['token']}",
                 "Content-Type": "application/json",
@@ -330,24 +184,6 @@ def phase(accounts: list[dict[str, Any]], rate: float) -> dict[str, Any]:
     }
 
 
-def check_target(got: list[dict[str, Any]], expected: dict[str, list[int]]) -> dict[str, Any]:
-    """Got every event of its user once, each aggregate's versions in increasing order."""
-    ids = Counter(item["id"] for item in got)
-    per_aggregate: dict[str, list[int]] = {}
-    for item in got:
-        per_aggregate.setdefault(item["aggregate"], []).append(item["version"])
-    in_order = all(versions == sorted(versions) for versions in per_aggregate.values())
-    complete = {a: sorted(set(v)) for a, v in per_aggregate.items()} == expected
-    return {
-        "received": len(got),
-        "distinct": len(ids),
-        "duplicates": sum(n - 1 for n in ids.values()),
-        "in_order": in_order,
-        "complete": complete,
-        "last_at": max((item["at"] for item in got), default=None),
-    }
-
-
 def make_accounts(count: int) -> list[dict[str, Any]]:
     """`count` users of the run's own, each logged in with POSTS published posts."""
     accounts: list[dict[str, Any]] = []
@@ -398,11 +234,20 @@ def wait_delivered(
     return False
 
 
+def copy_logs(work: Path, into: Path) -> None:
+    import shutil
+
+    into.mkdir(parents=True, exist_ok=True)
+    for log in work.glob("*.log"):
+        shutil.copy(log, into / log.name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=20.0, help="writes per second")
     parser.add_argument("--rounds", type=int, default=4, help="idle + drill pairs")
     parser.add_argument("--no-record", action="store_true", help="print only")
+    parser.add_argument("--logs", type=Path, help="copy the processes' logs here at the end")
     args = parser.parse_args()
     database = os.environ.get("DATABASE_URL") or ""
     broker = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL") or ""
@@ -416,6 +261,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         stack.callback(receivers.close)
+        if args.logs is not None:
+            stack.callback(copy_logs, work, args.logs)  # runs last: the processes have stopped
         url = stack.enter_context(scratch_database(database, work, "webhooks"))
         env = production_env(
             work,
@@ -549,107 +396,6 @@ def main() -> None:
         report(
             args, idle, drill, lags, receivers, checks, bad, delivered, finished, statuses, breakers
         )
-
-
-def report(
-    args: argparse.Namespace,
-    idle: list[dict[str, Any]],
-    drill: list[dict[str, Any]],
-    lags: list[float],
-    receivers: Receivers,
-    checks: dict[int, dict[str, Any]],
-    bad: int,
-    delivered: bool,
-    finished: float,
-    statuses: list[tuple[str, str, int]],
-    breakers: Counter[str],
-) -> None:
-    by_kind: dict[str, list[int]] = {}
-    for index, kind in enumerate(receivers.kinds):
-        by_kind.setdefault(kind, []).append(index)
-    healthy = [checks[i] for i in by_kind["healthy"]]
-    url_kind = {receivers.urls[n]: kind for n, kind in enumerate(receivers.kinds)}
-    status_table: dict[str, Counter[str]] = {}
-    for url, status, count in statuses:
-        status_table.setdefault(url_kind[url], Counter())[status] += count
-    events = USERS * POSTS * args.rounds
-
-    rows = []
-    for kind in ("writes", "reads"):
-        for p in (50, 99):
-            pooled_idle = percentile([v for run in idle for v in run[kind]], p)
-            pooled_drill = percentile([v for run in drill for v in run[kind]], p)
-            pairs = [
-                percentile(d[kind], p) / percentile(i[kind], p)
-                for i, d in zip(idle, drill, strict=True)
-            ]
-            rows.append(
-                f"| {kind} p{p} | {pooled_idle:.1f} | {pooled_drill:.1f} | "
-                f"**{median(pairs):.2f}x** | {', '.join(f'{r:.2f}' for r in pairs)} |"
-            )
-    slow = [checks[i]["received"] for i in by_kind["slow"]]
-    loads = ", ".join(
-        f"{run['load']:.1f}" for pair in zip(idle, drill, strict=True) for run in pair
-    )
-    errors = Counter[str]()
-    for run in [*idle, *drill]:
-        errors.update(run["errors"])
-    lines = [
-        f"## Webhooks (issue #16) — {date.today().isoformat()}",
-        "",
-        "```",
-        "DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/pb_wh_del \\",
-        "REDIS_URL=redis://127.0.0.1:6379/8 CELERY_BROKER_URL=redis://127.0.0.1:6379/9 \\",
-        "CELERY_RESULT_BACKEND=redis://127.0.0.1:6379/9 .venv/bin/python -m bench.webhooks"
-        + f" --rounds {args.rounds} --rate {args.rate:g}",
-        "```",
-        "",
-        f"50 targets: {len(by_kind['healthy'])} healthy, {SLOW} answering in {SLOW_SECONDS:g} s, "
-        f"{REFUSING} refusing connections, {FAILING} answering 500; {events:,} events "
-        f"(post.updated, {USERS} users x {POSTS} posts x {args.rounds} rounds) written at "
-        f"{args.rate:g} writes/s (4 writer threads) beside a prober reading a post 20 times a "
-        "second. Processes as in the Procfile: gunicorn 3 workers, 1 relay, the worker "
-        "(2 processes), the webhooks worker (16 threads, `nice -n 10`); PostgreSQL + Redis; the "
-        "receivers in a process of their own. Rounds interleave an idle run (the same load, "
-        "every webhook disabled) and the drill; load average after each run: "
-        f"{loads} (2 cores, shared with other sessions).",
-        "",
-        f"- Every healthy target got all its events: **{'yes' if delivered else 'NO'}** "
-        f"({sum(c['distinct'] for c in healthy):,} of {len(healthy) * POSTS * args.rounds:,}; "
-        f"duplicates {sum(c['duplicates'] for c in healthy)}); in order per aggregate: "
-        f"**{'yes' if all(c['in_order'] for c in healthy) else 'NO'}**; bad signatures: {bad}.",
-        "- Time to deliver: the last healthy delivery of a drill round came "
-        + ", ".join(f"{lag:.1f}" for lag in lags)
-        + " s after the round's last write (each round's writes took "
-        + ", ".join(f"{run['ended'] - run['started']:.0f}" for run in drill)
-        + " s).",
-        f"- Slow targets (9 s an answer, one at a time per target) had received {sorted(slow)} "
-        f"events when the run ended, {finished - drill[0]['started']:.0f} s after the first drill "
-        "write; deliveries by status: "
-        + "; ".join(
-            f"{kind} {dict(sorted(status_table.get(kind, Counter()).items()))}"
-            for kind in ("healthy", "slow", "refusing", "failing")
-        )
-        + f". Breakers at the end (state:target): {dict(sorted(breakers.items()))}.",
-        f"- Non-200 answers: {dict(errors) or 'none'}.",
-        "",
-        "| API latency, ms | idle (pooled) | drill (pooled) | drill / idle, median of rounds "
-        "(target <= 1.2x) | each round |",
-        "|---|---|---|---|---|",
-        *rows,
-    ]
-    text = "\n".join(lines)
-    print(text)
-    if args.no_record:
-        return
-    section = f"{SECTION_START}\n{text}\n{SECTION_END}"
-    current = RESULTS.read_text()
-    if SECTION_START in current:
-        pattern = re.escape(SECTION_START) + ".*?" + re.escape(SECTION_END)
-        current = re.sub(pattern, lambda _m: section, current, flags=re.S)
-    else:
-        current = current.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(current)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ The HTTP call runs outside any database transaction.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import socket
 import time
@@ -33,20 +32,22 @@ import pybreaker
 from flask import current_app
 
 from app.core import outbound
-from app.core.leases import new_owner, shared_leases
+from app.core.feed import processed
+from app.core.leases import new_owner
 from app.core.metrics import WEBHOOK_DELIVERIES
 from app.core.ssrf import Resolver
 from app.extensions import db
 from app.webhooks import dispatch_repository as repo
 from app.webhooks import signing
 from app.webhooks.breakers import breakers
+from app.webhooks.drain_lease import drain_leases, lease_name
+from app.webhooks.fanout import fan_out
 from app.webhooks.models import DEAD, DELIVERED, PENDING, Webhook
 from app.webhooks.policy import WebhookPolicy
 
 log = logging.getLogger(__name__)
 
 DRAIN_BUDGET_SECONDS = 30.0  # then the drain re-queues itself: other targets get the thread
-LEASE_PREFIX = "postboard:webhooks:drain"
 # An event's predecessor in its aggregate that has no delivery yet is waited for (its feed batch
 # is being fanned out) if it is younger than this; older, it is taken as never coming.
 ORDER_WAIT_SECONDS = 120.0
@@ -106,8 +107,8 @@ def drain(
         allow_http=policy.allow_http,
         allow_private=policy.allow_private,
     )
-    leases = shared_leases(current_app.config.get("REDIS_URL"), _lease_dir())
-    lease, owner = f"{LEASE_PREFIX}:{webhook_public_id}", new_owner()
+    leases = drain_leases()
+    lease, owner = lease_name(webhook_public_id), new_owner()
     hold = budget_seconds + policy.timeout_seconds + 30  # outlives one whole drain
     if not leases.acquire(lease, owner, hold):
         return Drained(busy=True)
@@ -142,6 +143,22 @@ def _due_now(public_id: uuid.UUID) -> bool:
         session.rollback()
     now = datetime.now(UTC)
     return head is not None and (head.next_attempt_at is None or head.next_attempt_at <= now)
+
+
+def _predecessor_in_flight(session: Any, target: _Target, head: repo.Head, now: datetime) -> bool:
+    """Whether the event before `head`'s in its aggregate is one this target may get, with no
+    delivery recorded, and fan-out has not finished it yet: two feed messages were consumed
+    at once and the earlier one is still being fanned out. Wait for it (order per aggregate).
+    Finished without a delivery (the webhook was disabled then, or did not want it): go on."""
+    previous = repo.unrecorded_predecessor(
+        session,
+        target.id,
+        created_at=target.created_at,
+        events=target.events,
+        head=head,
+        since=now - timedelta(seconds=ORDER_WAIT_SECONDS),
+    )
+    return previous is not None and not processed(fan_out, [str(previous)])[0]
 
 
 @dataclass(frozen=True)
@@ -198,14 +215,7 @@ def _drain_held(
                 session.rollback()
                 return  # head of line: nothing after it goes first
             previous = (head.aggregate_id, head.version - 1 if head.version else None)
-            if previous not in handled and repo.predecessor_unrecorded(
-                session,
-                target.id,
-                created_at=target.created_at,
-                events=target.events,
-                head=head,
-                since=now - timedelta(seconds=ORDER_WAIT_SECONDS),
-            ):
+            if previous not in handled and _predecessor_in_flight(session, target, head, now):
                 result.again_in = ORDER_RECHECK_SECONDS
                 session.rollback()
                 return
@@ -309,17 +319,6 @@ def _send(
     return sent[0] if sent else None
 
 
-def _lease_dir() -> str:
-    return os.path.join(str(current_app.config["CACHE_DIR"]), "webhook-leases")
-
-
-def drain_running(public_id: uuid.UUID) -> bool:
-    """Whether a drain holds the target now (it will see what was committed before it ends:
-    a drain re-checks for due deliveries after it lets go of its lease)."""
-    leases = shared_leases(current_app.config.get("REDIS_URL"), _lease_dir())
-    return leases.held(f"{LEASE_PREFIX}:{public_id}")
-
-
 def due_targets(limit: int = 1000) -> list[uuid.UUID]:
     """Webhooks with a pending delivery due now, not being drained and not behind an open
     breaker: what the sweep enqueues drains for (lost messages, retries whose time came)."""
@@ -328,13 +327,12 @@ def due_targets(limit: int = 1000) -> list[uuid.UUID]:
         found = repo.due_webhooks(session, datetime.now(UTC), limit=limit)
     finally:
         session.rollback()
-    leases = shared_leases(current_app.config.get("REDIS_URL"), _lease_dir())
+    leases = drain_leases()
     shared = breakers()
     return [
         public_id
         for public_id in found
-        if not leases.held(f"{LEASE_PREFIX}:{public_id}")
-        and shared.wait_seconds(str(public_id)) <= 0
+        if not leases.held(lease_name(public_id)) and shared.wait_seconds(str(public_id)) <= 0
     ]
 
 

@@ -175,7 +175,7 @@ def next_pending(session: Session, webhook_id: int) -> Head | None:
     return page[0] if page else None
 
 
-def predecessor_unrecorded(
+def unrecorded_predecessor(
     session: Session,
     webhook_id: int,
     *,
@@ -183,12 +183,12 @@ def predecessor_unrecorded(
     events: tuple[str, ...],
     head: Head,
     since: datetime,
-) -> bool:
-    """Whether the event just before `head`'s in its aggregate is one this webhook takes and
-    has no delivery yet although it happened after `since` and after the webhook was made:
-    its feed batch is still being fanned out (two feed messages ran at once), so wait for it."""
+) -> uuid.UUID | None:
+    """The id of the event just before `head`'s in its aggregate if this webhook takes its
+    type, it happened after `since` and after the webhook was made, and it has no delivery for
+    this webhook; else None."""
     if head.aggregate_id is None or head.version is None or head.version <= 1:
-        return False
+        return None
     previous = session.execute(
         sa.select(Event.event_id, Event.event_type, Event.occurred_at).where(
             Event.aggregate_type == head.aggregate_type,
@@ -197,16 +197,16 @@ def predecessor_unrecorded(
         )
     ).first()
     if previous is None or previous.occurred_at < max(since, created_at):
-        return False
+        return None
     if "*" not in events and previous.event_type not in events:
-        return False
+        return None
     recorded = session.scalar(
         sa.select(WebhookDelivery.id).where(
             WebhookDelivery.webhook_id == webhook_id,
             WebhookDelivery.event_id == previous.event_id,
         )
     )
-    return recorded is None
+    return _uuid(previous.event_id) if recorded is None else None
 
 
 @dataclass(frozen=True)

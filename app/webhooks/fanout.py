@@ -20,7 +20,7 @@ from app.core.publishing import enqueue
 from app.extensions import db
 from app.webhooks import dispatch_repository as repo
 from app.webhooks import signing
-from app.webhooks.dispatch import drain_running
+from app.webhooks.drain_lease import drain_running
 from app.webhooks.models import PENDING
 
 DRAIN_TASK = "webhooks.drain"  # routed to WEBHOOKS_QUEUE (app/core/tasks.py)

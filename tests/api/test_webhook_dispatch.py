@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from standardwebhooks import Webhook as Verifier
 from werkzeug import Request, Response
@@ -22,6 +23,7 @@ from app.extensions import db
 from app.webhooks.breakers import breakers
 from app.webhooks.dispatch import Drained, drain
 from app.webhooks.fanout import fan_out
+from app.webhooks.models import Webhook
 from tests.factories import Account, set_admin
 from tests.support.webhook_delivery import (
     FAST_WEBHOOKS,
@@ -305,3 +307,59 @@ def test_outbound_connects_to_the_checked_address_only() -> None:
         assert outcome.status_code is None
         assert outcome.error == "connection refused by 127.0.0.2"
         assert server.log == []
+
+
+def test_an_event_waits_for_its_predecessor_still_being_fanned_out(
+    hooks_app: Flask, account: Account
+) -> None:
+    """Two feed messages consumed at once: version 2's deliveries are recorded before version
+    1's. The drain sends nothing until version 1 is recorded, then both, in order."""
+    with receiver() as server:
+        server.expect_request("/in").respond_with_data("ok")
+        hook, secret = make_webhook(hooks_app, account.id, server.url_for("/in"))
+        since = last_event_id(hooks_app)
+        post = account.post_as("First")
+        response = account.client.patch(
+            f"/api/posts/{post['id']}", json={"title": "Second"}, headers=account.headers
+        )
+        assert response.status_code == 200
+        first, second = feed_since(hooks_app, since)
+        fan(hooks_app, [second])
+        waiting = run_drain(hooks_app, hook)
+        assert waiting.again_in == 1.0
+        assert server.log == []
+        fan(hooks_app, [first])
+        assert run_drain(hooks_app, hook).delivered == 2
+        versions = [
+            Verifier(secret).verify(request.get_data(), dict(request.headers))["data"]["version"]
+            for request, _ in server.log
+        ]
+        assert versions == [1, 2]
+
+
+def test_a_predecessor_fanned_out_while_disabled_does_not_hold_the_next(
+    hooks_app: Flask, account: Account
+) -> None:
+    from app.core.feed import consume
+
+    with receiver() as server:
+        server.expect_request("/in").respond_with_data("ok")
+        hook, _ = make_webhook(hooks_app, account.id, server.url_for("/in"))
+        since = last_event_id(hooks_app)
+        post = account.post_as("First")
+        response = account.client.patch(
+            f"/api/posts/{post['id']}", json={"title": "Second"}, headers=account.headers
+        )
+        assert response.status_code == 200
+        first, second = feed_since(hooks_app, since)
+        with hooks_app.app_context():
+            db.session.execute(sa.update(Webhook).values(active=False))
+            db.session.commit()
+            consume([first], delivery="while-disabled")  # fan-out finished it: no delivery
+            db.session.execute(sa.update(Webhook).values(active=True))
+            db.session.commit()
+            consume([second], delivery="enabled-again")
+            db.session.remove()
+        result = run_drain(hooks_app, hook)
+        assert result.delivered == 1
+        assert [d["event_id"] for d in deliveries(hooks_app, hook)] == [second["id"]]

@@ -180,7 +180,9 @@ def test_the_webhooks_worker_consumes_the_webhooks_queue_on_threads() -> None:
     web_merges = SERVICES["web"]["environment"]["CELERY_METRICS_DIR"]
     assert SERVICES["webhooks"]["environment"]["PROMETHEUS_MULTIPROC_DIR"] == web_merges
     procfile = (ROOT / "Procfile").read_text()
-    assert re.search(r"^webhooks: .*exec nice -n 10 .*celery -A worker worker .*-P threads", procfile, re.M)
+    assert re.search(
+        r"^webhooks: .*exec nice -n 10 .*celery -A worker worker .*-P threads", procfile, re.M
+    )
 
 
 def test_dockerignore_keeps_secrets_and_dev_files_out_but_not_what_the_image_copies() -> None:
