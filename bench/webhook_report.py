@@ -115,6 +115,14 @@ def report(
         + f". Breakers at the end (state:target): {dict(sorted(breakers.items()))}.",
         f"- Non-200 answers: {dict(errors) or 'none'}.",
         "",
+        "CPU seconds per run, median (idle / drill): "
+        + ", ".join(
+            f"{name} {median([r['cpu'][name] for r in idle]):.1f} / "
+            f"{median([r['cpu'][name] for r in drill]):.1f}"
+            for name in drill[0]["cpu"]
+        )
+        + ".",
+        "",
         "| API latency, ms | idle (pooled) | drill (pooled) | drill / idle, median of rounds "
         "(target <= 1.2x) | each round |",
         "|---|---|---|---|---|",

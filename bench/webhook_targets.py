@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -86,6 +87,8 @@ class Target:
 def serve_targets(kinds: list[str], pipe: Any) -> None:
     """The receivers' own process (as remote receivers would be, they do not share the bench's
     client process and its GIL): every target, and a control endpoint for the bench."""
+    # They stand in for remote machines: their CPU is not the service's, so they yield it.
+    os.nice(19)
     targets = {n: Target(n, kind) for n, kind in enumerate(kinds)}
 
     class Control(BaseHTTPRequestHandler):

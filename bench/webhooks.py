@@ -234,6 +234,44 @@ def wait_delivered(
     return False
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (a prefork worker's pool, gunicorn's workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def measured(run: Any, *args: Any, cpu: dict[str, int]) -> dict[str, Any]:
+    """`run(*args)`, with the CPU seconds each of our processes spent meanwhile."""
+    before = {name: cpu_seconds(pid) for name, pid in cpu.items()}
+    result: dict[str, Any] = run(*args)
+    result["cpu"] = {name: cpu_seconds(pid) - before[name] for name, pid in cpu.items()}
+    return result
+
+
+def fed(db: Any, broker: str, feed: str) -> None:
+    """Wait until the outbox is empty and the feed queue drained (then a moment for the last
+    batch under way)."""
+    import redis
+
+    client = redis.Redis.from_url(broker)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        waiting = db.execute("SELECT count(*) FROM outbox").fetchone()[0] + client.llen(feed)
+        if not waiting:
+            break
+        time.sleep(0.2)
+    client.close()
+    time.sleep(1.0)
+
+
 def copy_logs(work: Path, into: Path) -> None:
     import shutil
 
@@ -329,6 +367,12 @@ def main() -> None:
         for process in (worker, deliverer):
             process.wait_for(" ready.")
         relay.wait_for("outbox_relay_started")
+        processes = {
+            "web": web.pid,
+            "feed worker": worker.proc.pid,
+            "webhooks worker": deliverer.proc.pid,
+            "relay": relay.proc.pid,
+        }
         print("processes up; making accounts", flush=True)
         accounts = make_accounts(USERS)
 
@@ -353,10 +397,11 @@ def main() -> None:
         for round_ in range(args.rounds):
             # Idle: the same load with every webhook disabled (no fan-out, no drains).
             db.execute("UPDATE webhooks SET active = false")
-            idle.append(phase(accounts, args.rate))
+            idle.append(measured(phase, accounts, args.rate, cpu=processes))
+            fed(db, broker, feed)  # every idle event fanned out while the webhooks were disabled
             print(f"  round {round_ + 1}: idle done", flush=True)
             db.execute("UPDATE webhooks SET active = true")
-            drill.append(done := phase(accounts, args.rate))
+            drill.append(done := measured(phase, accounts, args.rate, cpu=processes))
             for account in accounts:
                 for post in account["posts"]:
                     expected[account["n"]].setdefault(post, []).append(done["versions"][post])
