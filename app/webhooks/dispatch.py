@@ -137,12 +137,9 @@ def drain(
 def _due_now(public_id: uuid.UUID) -> bool:
     session = db.session()
     try:
-        webhook = repo.webhook_for_drain(session, public_id)
-        head = repo.next_pending(session, webhook.id) if webhook is not None else None
+        return repo.has_due(session, public_id, datetime.now(UTC))
     finally:
         session.rollback()
-    now = datetime.now(UTC)
-    return head is not None and (head.next_attempt_at is None or head.next_attempt_at <= now)
 
 
 def _predecessor_in_flight(session: Any, target: _Target, head: repo.Head, now: datetime) -> bool:

@@ -190,23 +190,27 @@ def unrecorded_predecessor(
     if head.aggregate_id is None or head.version is None or head.version <= 1:
         return None
     previous = session.execute(
-        sa.select(Event.event_id, Event.event_type, Event.occurred_at).where(
+        sa.select(Event.event_id, Event.event_type, Event.occurred_at, WebhookDelivery.id)
+        .outerjoin(
+            WebhookDelivery,
+            sa.and_(
+                WebhookDelivery.event_id == Event.event_id,
+                WebhookDelivery.webhook_id == webhook_id,
+            ),
+        )
+        .where(
             Event.aggregate_type == head.aggregate_type,
             Event.aggregate_id == head.aggregate_id,
             Event.aggregate_version == head.version - 1,
         )
     ).first()
-    if previous is None or previous.occurred_at < max(since, created_at):
+    if previous is None or previous.id is not None:
+        return None  # none, or recorded
+    if previous.occurred_at < max(since, created_at):
         return None
     if "*" not in events and previous.event_type not in events:
         return None
-    recorded = session.scalar(
-        sa.select(WebhookDelivery.id).where(
-            WebhookDelivery.webhook_id == webhook_id,
-            WebhookDelivery.event_id == previous.event_id,
-        )
-    )
-    return _uuid(previous.event_id) if recorded is None else None
+    return _uuid(previous.event_id)
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,24 @@ def record_attempt(session: Session, record: AttemptRecord) -> None:
             delivered_at=record.finished_at if record.status == DELIVERED else None,
         )
     )
+
+
+def has_due(session: Session, public_id: uuid.UUID, now: datetime) -> bool:
+    """Whether the live, active webhook has a pending delivery due now (one indexed probe)."""
+    found = session.scalar(
+        sa.select(WebhookDelivery.id)
+        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+        .where(
+            Webhook.public_id == public_id,
+            Webhook.active.is_(True),
+            WebhookDelivery.status == PENDING,
+            sa.or_(
+                WebhookDelivery.next_attempt_at.is_(None), WebhookDelivery.next_attempt_at <= now
+            ),
+        )
+        .limit(1)
+    )
+    return found is not None
 
 
 def due_webhooks(session: Session, now: datetime, *, limit: int = 1000) -> list[uuid.UUID]:
