@@ -191,7 +191,6 @@ def _drain_held(
     target = _Target(
         webhook.id, webhook.url, webhook.secret, webhook.created_at, tuple(webhook.events or ())
     )
-    session.rollback()
     # (aggregate, version) sent or dead-lettered by this drain: their successors need no check.
     handled: set[tuple[uuid.UUID | None, int | None]] = set()
     while True:
@@ -229,6 +228,9 @@ def _drain_held(
                 if not renew():
                     return  # the lease ran out under us: whoever holds it now carries on
                 renewed = time.monotonic()
+        if len(heads) < PAGE:
+            session.rollback()
+            return  # that was all (what arrived since, the look after the lease finds)
 
 
 def _attempt(

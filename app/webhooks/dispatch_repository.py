@@ -227,9 +227,12 @@ class AttemptRecord:
 
 
 def record_attempt(session: Session, record: AttemptRecord) -> None:
-    """The attempt's row and the delivery's new state (only while it is still pending)."""
-    session.add(
-        WebhookAttempt(
+    """The attempt's row and the delivery's new state (only while it is still pending); Core
+    statements on the tables: nothing for the ORM to track or flush."""
+    attempts: Any = WebhookAttempt.__table__
+    deliveries: Any = WebhookDelivery.__table__
+    session.execute(
+        attempts.insert().values(
             delivery_id=record.delivery_id,
             attempt=record.attempt,
             started_at=record.started_at,
@@ -240,8 +243,8 @@ def record_attempt(session: Session, record: AttemptRecord) -> None:
         )
     )
     session.execute(
-        sa.update(WebhookDelivery)
-        .where(WebhookDelivery.id == record.delivery_id, WebhookDelivery.status == PENDING)
+        sa.update(deliveries)
+        .where(deliveries.c.id == record.delivery_id, deliveries.c.status == PENDING)
         .values(
             status=record.status,
             attempts=record.attempt,

@@ -27,6 +27,7 @@ MAX_COUNTDOWN_SECONDS = 60.0
 @celery.task(
     name=DRAIN_TASK,
     bind=True,
+    ignore_result=True,  # nobody reads it: no result-backend write per drain
     # The database or the lease store is away: try again later (the sweep would, too).
     autoretry_for=(redis.RedisError, OperationalError),
     retry_backoff=True,
@@ -48,6 +49,7 @@ def drain_webhook(self: Task, webhook_public_id: str) -> dict[str, Any]:
     entry="webhooks-sweep",
     every=lambda _config: SWEEP_SECONDS,
     name="webhooks.sweep",
+    ignore_result=True,
     autoretry_for=(redis.RedisError, OperationalError),
     max_retries=0,
 )
