@@ -92,7 +92,8 @@ def report(
         f"{args.rate:g} writes/s (4 writer threads) beside a prober reading a post 20 times a "
         "second. Processes as in the Procfile: gunicorn 3 workers, 1 relay, the worker "
         "(2 processes), the webhooks worker (16 threads, `nice -n 10`); PostgreSQL + Redis; the "
-        "receivers in a process of their own. Rounds interleave an idle run (the same load, "
+        "receivers in a process of their own at nice 19 (they stand for remote machines). "
+        "Rounds interleave an idle run (the same load, "
         "every webhook disabled) and the drill; load average after each run: "
         f"{loads} (2 cores, shared with other sessions).",
         "",
