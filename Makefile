@@ -55,12 +55,27 @@ migrate: $(RUNTIME_STAMP)
 run: migrate
 	$(BIN)/python -m app.ops.supervisor Procfile
 
+## Tests run in PYTEST_WORKERS parallel processes (pytest-xdist; `auto`: one per CPU), each on a
+## database and Redis db number of its own (tests/support/parallel.py); PYTEST_WORKERS=0 runs them
+## in one process. A module marked xdist_group runs on one worker (its module-scoped fixture once).
+## PYTHONDONTWRITEBYTECODE is cleared for pytest alone: it caches the test modules it rewrites
+## only where Python may write bytecode, and would otherwise rewrite ~180 at every start.
+PYTEST_WORKERS ?= auto
+PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
+## The whole suite in two parts: everything but the timing drills (marked serial) in parallel, then
+## the drills alone in one process, so no other test shares the CPU with their latency bounds.
+## A part that selects nothing (pytest's exit 5) passes; the target fails if either part fails.
 test: install
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@$(PYTEST) --serial=exclude $(PYTEST_ARGS); parallel=$$?; [ $$parallel -ne 5 ] || parallel=0; \
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest $(PYTEST_ARGS) -n 0 --serial=only; serial=$$?; \
+	[ $$serial -ne 5 ] || serial=0; \
+	echo "make test: parallel part exit $$parallel, serial part exit $$serial"; \
+	[ $$parallel -eq 0 ] && [ $$serial -eq 0 ]
 
 ## The fast subset while you work: unit and API tests, no real processes (tests/system left out).
 test-fast: install
-	$(BIN)/pytest -m "not system" $(PYTEST_ARGS)
+	$(PYTEST) -m "not system" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,24 +1,41 @@
-"""The application factory, in named steps."""
+"""The application factory, in named steps.
+
+Importing this package imports nothing heavy (each step imports what it uses): the processes
+that only need a module of it (`make run`'s supervisor, gunicorn's master reading its logging
+set-up) start quickly.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+import importlib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
-from flask import Flask
-from sqlalchemy import event
+if TYPE_CHECKING:
+    import click
+    from flask import Flask
 
-from app.settings import Settings
+    from app.settings import Settings
 
-Role = Literal["web", "worker"]
+Role = Literal["web", "worker", "cli"]
 
 
 def create_app(
     settings: Settings | Mapping[str, Any] | None = None, *, role: Role = "web"
 ) -> Flask:
     """Build the app from `settings`, or from the environment with these overrides (checked).
-    A worker (`role="worker"`) builds only what tasks use: no blueprints, request pipeline
-    (limiter, CORS, compression, metrics), Swagger, error pages or CLI."""
+
+    Each role imports and builds only what it uses (docs/operations.md, "Start-up cost"):
+    - "web": everything (gunicorn; Flask's own `flask run`, `flask routes`, `flask shell`).
+    - "worker": what tasks use: no blueprints, request pipeline (limiter, CORS, compression,
+      metrics), Swagger, JWT, error pages or CLI.
+    - "cli": the other `flask` commands (wsgi.py picks it), logging plain text on stderr:
+      the data and the commands, each loading what it uses when it runs (`register_cli_commands`).
+    """
+    from flask import Flask
+
+    from app.settings import Settings
+
     if not isinstance(settings, Settings):
         settings = Settings.from_env(**(settings or {}))
     app = Flask(__name__, instance_path=str(settings.instance_dir), instance_relative_config=False)
@@ -29,11 +46,21 @@ def create_app(
     app.extensions["role"] = role
 
     register_data(app)
+    if role == "cli":
+        configure_cli_logging_for(app)
+        register_cli_commands(app)
+        return app
     register_domains(app)
     register_celery(app, role)
     if role == "worker":
         return app  # logging: the worker's setup_logging receiver (worker/__init__.py)
     configure_logging_for(app)
+    register_web(app)
+    return app
+
+
+def register_web(app: Flask) -> None:
+    """The web's machinery (also added to a CLI app by `flask openapi`, which needs the routes)."""
     register_extensions(app)
     register_http_security(app)
     register_blueprints(app)
@@ -44,11 +71,12 @@ def create_app(
     register_commands(app)
     register_proxy_fix(app)
     register_zero_metrics(app)
-    return app
 
 
 def register_data(app: Flask) -> None:
     """The database: what every role uses."""
+    from sqlalchemy import event
+
     from app.core.db import remove_session_quietly, sqlite_pragmas
     from app.extensions import db
 
@@ -70,6 +98,9 @@ def register_domains(app: Flask) -> None:
     """What the shared machinery runs for the domains: the effects of each event after its
     commit (one table), the consumers of the event feed (another), each domain's cache warmer,
     and its backfills."""
+    if app.extensions.get("domains"):
+        return  # a CLI app registers them when its first command loads (and `openapi` again)
+    app.extensions["domains"] = True
     from app.events.feed import init_app as register_feed_consumers
     from app.events.handlers import init_app as register_event_handlers
     from app.posts import backfills as post_backfills
@@ -97,10 +128,75 @@ def configure_logging_for(app: Flask) -> None:
         configure_logging(app.config["LOG_LEVEL"])
 
 
+def configure_cli_logging_for(app: Flask) -> None:
+    from app.core.cli_logging import configure_cli_logging
+
+    if not app.testing:
+        configure_cli_logging(app.config["LOG_LEVEL"])
+
+
+def register_passwords(app: Flask) -> None:
+    from app.core.security import passwords
+
+    passwords.configure(app.config["ARGON2_TIME_COST"], app.config["ARGON2_MEMORY_COST_KIB"])
+
+
+# Every module that declares a table: what `flask db migrate | check` compare the database with.
+MODEL_MODULES = (
+    "app.users.models",
+    "app.posts.models",
+    "app.auth.models",
+    "app.core.events",
+    "app.core.idempotency_store",
+    "app.core.outbox",
+    "app.backfill.models",
+)
+
+
+def register_migrate(app: Flask) -> click.Command:
+    """Flask-Migrate (alembic) and its `flask db` group, which reports database errors as one
+    plain line, with every table in the metadata; returns the group."""
+    from app.cli.support import database_errors_as_text
+    from app.extensions import db, migrate
+
+    for module in MODEL_MODULES:
+        importlib.import_module(module)
+    migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
+    return database_errors_as_text(app.cli.commands["db"])
+
+
+def register_cli_commands(app: Flask) -> None:
+    """A CLI app's commands, as stand-ins that load what a command uses when it runs (or shows
+    its help): ours the domains (event effects, cache warmers, backfills) and password hashing;
+    `db` Flask-Migrate; `openapi` the whole web machinery (the document is built from the
+    routes). `flask --help` lists them all without loading any of it."""
+    from app.cli import commands
+    from app.cli.support import LazyCommand, database_errors_as_text
+
+    def ours(command: click.Command) -> Callable[[], click.Command]:
+        def load() -> click.Command:
+            register_domains(app)
+            register_passwords(app)
+            return database_errors_as_text(command)
+
+        return load
+
+    def openapi() -> click.Command:
+        register_domains(app)
+        register_web(app)
+        return app.cli.commands["openapi"]
+
+    for command in commands():
+        app.cli.add_command(LazyCommand.standing_in_for(command, load=ours(command)))
+    app.cli.add_command(
+        LazyCommand("db", help="Perform database migrations.", load=lambda: register_migrate(app))
+    )
+    app.cli.add_command(LazyCommand("openapi", help="OpenAPI commands.", load=openapi))
+
+
 def register_extensions(app: Flask) -> None:
     from app.auth.guard import register_auth
-    from app.core.security import passwords
-    from app.extensions import api, db, jwt, migrate
+    from app.extensions import api, jwt
 
     app.config.update(
         JWT_TOKEN_LOCATION=["headers"],
@@ -114,9 +210,13 @@ def register_extensions(app: Flask) -> None:
             "servers": [{"url": "/"}],
         },
     )
-    passwords.configure(app.config["ARGON2_TIME_COST"], app.config["ARGON2_MEMORY_COST_KIB"])
+    register_passwords(app)
+    if app.extensions["role"] == "web":
+        from app.core.security import passwords
+
+        passwords.prepare()  # a CLI app adding the web machinery (`flask openapi`) needs none
     register_swagger_ui(app)
-    migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
+    register_migrate(app)
     jwt.init_app(app)
     register_auth(app)
     api.init_app(app)

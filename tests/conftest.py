@@ -39,10 +39,12 @@ from tests.support.backends import (
     reset_cache,
     reset_database,
     reset_redis,
+    restore_password_cost,
     sqlite_path,
     test_config,
 )
 from tests.support.logs import LIBRARY_LOGGERS
+from tests.support.parallel import create_worker_database, drop_worker_database, limit_workers
 
 pytest_plugins = ["tests.support.live"]  # the `server` fixture: a real gunicorn
 
@@ -69,11 +71,42 @@ __all__ = [
 
 KINDS = ("unit", "api", "system")
 TESTS = Path(__file__).resolve().parent
+_LIMITED: list[str] = []  # what limit_workers did, for the header
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    said = limit_workers(config)  # before xdist starts its workers (at session start)
+    if said:
+        _LIMITED.append(said)
+
+
+def pytest_report_header() -> list[str]:
+    return _LIMITED
+
+
+def pytest_sessionstart() -> None:
+    create_worker_database()  # a parallel worker's own PostgreSQL database (a no-op otherwise)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish() -> None:
+    drop_worker_database()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--serial",
+        choices=("include", "exclude", "only"),
+        default="include",
+        help="tests marked serial (timing drills): run them too (default), leave them out (make "
+        "test's parallel part), or run only them (its serial part)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test unit/api/system from its directory (tests/fuzz counts as system), so that
-    `pytest -m "not system"` is the fast subset."""
+    `pytest -m "not system"` is the fast subset; then keep or leave out the serial ones."""
     for item in items:
         try:
             parts = item.path.resolve().relative_to(TESTS).parts
@@ -82,6 +115,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         kind = "system" if parts[0] == "fuzz" else parts[0]
         if kind in KINDS:
             item.add_marker(getattr(pytest.mark, kind))
+    serial = config.getoption("serial")
+    if serial == "include":
+        return
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        is_serial = item.get_closest_marker("serial") is not None
+        (keep if is_serial == (serial == "only") else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +158,7 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
         reset_database(application)
         reset_redis()
         reset_cache()
+        restore_password_cost(application)
 
 
 @pytest.fixture

@@ -17,6 +17,9 @@ from app.extensions import db
 from tests.support.backends import ON_POSTGRES
 
 PASSWORD = "correct horse battery"
+# An id no row has. Fixed, not uuid4(): a parametrized test's ids must be the same in every
+# pytest-xdist worker, or the workers refuse to run.
+UNKNOWN_ID = "5b41c513-bb2d-4f16-9d47-e36d461d8007"
 # A key that is not the app's, though long enough for HS256 to accept it.
 WRONG_KEY = "not the key, though long enough for HS256 to accept it"
 

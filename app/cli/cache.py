@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from app.core.cache import app_cache
-from app.core.cache_warming import warm
-from app.extensions import db
+if TYPE_CHECKING:
+    from app.core.cache import Cache
+
+
+def app_cache() -> Cache:
+    """The app's cache (imported here: `flask --help` lists this group without loading it)."""
+    from app.core.cache import app_cache as the_cache
+
+    return the_cache()
 
 
 @click.group("cache", help="Inspect and manage the read cache.")
@@ -32,6 +40,9 @@ def _require_enabled() -> None:
 def warm_command(limit: int | None) -> None:
     """Cache the most recent users and posts, in pipelined batches."""
     _require_enabled()
+    from app.core.cache_warming import warm
+    from app.extensions import db
+
     limit = limit or int(current_app.config["CACHE_WARM_LIMIT"])
     result = warm(app_cache(), db.session(), limit=limit)
     click.echo("warmed " + " and ".join(f"{count} {name}" for name, count in result.items()))

@@ -8,10 +8,8 @@ from typing import Any
 import click
 from flask.cli import with_appcontext
 
-from app.core.db import utcnow
-from app.core.history import parse_instant
-from app.core.retention import DEFAULT_BATCH, Pruner
-from app.extensions import db
+# What the commands use is imported when they run: `flask --help` lists them without loading it.
+PRUNE_BATCH = 1000
 
 
 class Cutoff(click.ParamType):
@@ -22,6 +20,9 @@ class Cutoff(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, datetime):
             return value
+        from app.core.db import utcnow
+        from app.core.history import parse_instant
+
         text = str(value).strip()
         try:
             if len(text) == len("2026-01-01"):
@@ -57,7 +58,7 @@ def events_cli() -> None:
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 100_000),
-    default=DEFAULT_BATCH,
+    default=PRUNE_BATCH,
     show_default=True,
     help="Old events looked at per transaction (their users' and posts' whole early history "
     "goes in that transaction).",
@@ -66,6 +67,9 @@ def events_cli() -> None:
 def prune_command(older_than: datetime, dry_run: bool, batch_size: int) -> None:
     """Delete events older than DATE, after writing each user's and post's state at that point
     as a snapshot: `as_of` from then on answers as before; before it, 422."""
+    from app.core.retention import Pruner
+    from app.extensions import db
+
     pruner = Pruner(db.session(), older_than, batch=batch_size)
     planned = pruner.count()
     cut = older_than.isoformat()

@@ -5,19 +5,16 @@ from __future__ import annotations
 import os
 import signal
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
-from sqlalchemy import event
 
-from app.core.db import sqlite_pragmas
-from app.core.metrics import multiprocess_dir, remove_dead_process_files
-from app.core.outbox import oldest_pending_age, pending_count, shard_leases
-from app.core.outbox_relay import Relay, SignalStop, celery_publisher, relay_engine
-from app.core.tasks import FEED_TASK
-from app.extensions import db
-from app.settings import settings
+if TYPE_CHECKING:
+    from app.core.outbox_relay import Relay
+
+# What the commands use is imported when they run: `flask --help` lists them without loading it.
 
 
 @click.group("outbox", help="The transactional outbox and its relay (the event feed).")
@@ -37,7 +34,20 @@ def outbox_cli() -> None:
 def relay_command(batch_size: int | None, once: bool) -> None:
     """Publish committed events to the broker until SIGTERM or Ctrl-C (the cycle under way
     finishes first). Run as many as you like: they share the shards through leases."""
+    from app.core.metrics import multiprocess_dir, remove_dead_process_files
+    from app.core.outbox_relay import SignalStop
+
     config = current_app.config
+    if not once and not current_app.testing:
+        from app.core.logging import configure_logging
+
+        # A service process, not a terminal's command: JSON lines on stdout like web and worker.
+        configure_logging(config["LOG_LEVEL"])
+    if (directory := multiprocess_dir()) is not None:
+        # Before the relay makes its metric children: prometheus_client opens its files then.
+        os.makedirs(directory, exist_ok=True)
+        if not once:
+            remove_dead_process_files(directory)  # earlier relays' files; live siblings' stay
     relay = build_relay(batch_size)
     try:
         if once:
@@ -46,9 +56,6 @@ def relay_command(batch_size: int | None, once: bool) -> None:
             if cycle.error is not None:
                 raise click.ClickException(f"publishing failed: {cycle.error!r}")
             return
-        if (directory := multiprocess_dir()) is not None:
-            os.makedirs(directory, exist_ok=True)
-            remove_dead_process_files(directory)  # earlier relays' files; live siblings' stay
         stop = SignalStop()
 
         def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -67,14 +74,24 @@ def relay_command(batch_size: int | None, once: bool) -> None:
 
 def build_relay(batch_size: int | None = None) -> Relay:
     """A relay on a connection of its own, publishing through the app's Celery app."""
+    from sqlalchemy import event
+
+    from app.core.db import sqlite_pragmas
+    from app.core.outbox_relay import Relay, celery_publisher, relay_engine
+    from app.core.tasks import FEED_TASK
+    from app.extensions import celery, db
+    from app.settings import settings
+
     config = current_app.config
+    if "celery" not in current_app.extensions:
+        celery.init_app(current_app)  # a CLI app binds Celery only for the command that publishes
     engine = relay_engine(db.engine.url, settings().engine_options())
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", sqlite_pragmas)
     queue = str(config["OUTBOX_QUEUE"])
     return Relay(
         engine,
-        celery_publisher(current_app.extensions["celery"], queue, FEED_TASK),
+        celery_publisher(celery, queue, FEED_TASK),
         queue=queue,
         batch_size=batch_size or int(config["OUTBOX_BATCH_SIZE"]),
         lease_seconds=float(config["OUTBOX_LEASE_SECONDS"]),
@@ -85,6 +102,9 @@ def build_relay(batch_size: int | None = None) -> Relay:
 @with_appcontext
 def status_command() -> None:
     """Events waiting, the oldest one's age, and which relay holds which shard."""
+    from app.core.outbox import oldest_pending_age, pending_count, shard_leases
+    from app.extensions import db
+
     with db.engine.connect() as conn:
         pending = pending_count(conn)
         age = oldest_pending_age(conn)

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import click
-import marshmallow as ma
 from flask.cli import with_appcontext
-
-from app.core.errors import AppError, flatten_messages
-from app.users.schemas import UserCreateSchema
-from app.users.service import UserService
 
 
 @click.group("users", help="Manage users.")
@@ -30,6 +25,12 @@ def users_cli() -> None:
 @with_appcontext
 def create_user(email: str, username: str, password: str, admin: bool) -> None:
     """Create a user (optionally an admin)."""
+    import marshmallow as ma
+
+    from app.core.errors import AppError, flatten_messages
+    from app.users.schemas import UserCreateSchema
+    from app.users.service import UserService
+
     try:
         data = UserCreateSchema().load({"email": email, "username": username, "password": password})
     except ma.ValidationError as exc:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from http import HTTPStatus
 from itertools import islice
 from typing import Any
 
-import psycopg
 from flask import Response, has_request_context, jsonify, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
@@ -238,12 +238,20 @@ def database_unavailable(error: BaseException) -> bool:
         if error.connection_invalidated:
             return True
         original = error.orig
-        if isinstance(original, psycopg.OperationalError | psycopg.InterfaceError):
+        if _psycopg_unavailable(original):
             return True  # connection refused/lost, server shutting down, starting up
         if isinstance(original, sqlite3.OperationalError):
             return any(text in str(original).lower() for text in _SQLITE_BUSY)
         return False
-    return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+    return _psycopg_unavailable(error)
+
+
+def _psycopg_unavailable(error: BaseException | None) -> bool:
+    # Not imported yet (SQLite, or no connection made): no psycopg error can exist.
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(
+        error, psycopg.OperationalError | psycopg.InterfaceError
+    )
 
 
 def database_unavailable_response() -> Response:

@@ -16,9 +16,10 @@ Two modes, chosen by the environment before Python starts (prometheus_client rea
 - not set (tests, `flask` CLI, `flask run`): the metrics live in this process and a scrape reads
   them directly.
 
-Every metric carries labels, so no sample (and no file) exists before the web app is built:
-a directory can be emptied at start-up after this module is imported (gunicorn's master does,
-before it forks; each worker then builds its app and writes its zero series, `zero_series`).
+Every metric carries labels, so no sample (and no file) exists before the web app is built.
+gunicorn's master builds the app (`preload_app`), then empties the directory of the previous
+run's files, then forks; each worker writes its own files, zero series included, as it starts
+(`claim_after_fork`).
 No gauge is written by processes (the queue depths are read from the broker at scrape time),
 so no multiprocess_mode is involved.
 """
@@ -138,6 +139,16 @@ PROCESS_METRICS = (
     FEED_DUPLICATES,
     EVENTS_BY_TYPE,
 )
+
+
+def claim_after_fork() -> None:
+    """In a process forked from one that built the app (a gunicorn worker): write this process's
+    sample files now, zero series included. prometheus_client moves every sample to the new
+    process's files at its first metric operation; without this a scrape could come first."""
+    if multiprocess_dir() is None:
+        return
+    for metric in PROCESS_METRICS:
+        metric.collect()  # reads each sample's value: that operation does the move
 
 
 def multiprocess_dir() -> str | None:

@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 from app.core.events import Event, EventsPruneGate, Snapshot
 from app.core.history import EventLog
 
-DEFAULT_BATCH = 1000
 FLOOR_KEY = "events_prune_floor"
 # Two prunes at once take turns batch by batch (PostgreSQL advisory lock; SQLite has one writer).
 _PRUNE_LOCK = 0x7072756E65  # "prune"
@@ -48,11 +47,10 @@ class PruneReport:
 
 
 class Pruner:
-    """`Pruner(session, older_than).run()`; `count()` first for a dry run or a progress bar."""
+    """`Pruner(session, older_than, batch=N).run()`; `count()` first for a dry run or a
+    progress bar."""
 
-    def __init__(
-        self, session: Session, older_than: datetime, *, batch: int = DEFAULT_BATCH
-    ) -> None:
+    def __init__(self, session: Session, older_than: datetime, *, batch: int) -> None:
         self.session = session
         self.older_than = older_than
         self.batch = batch

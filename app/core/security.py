@@ -19,17 +19,28 @@ class Passwords:
 
     def configure(self, time_cost: int, memory_cost_kib: int) -> None:
         self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost_kib)
-        # Verified against when the email is unknown, so both paths cost one hash (no enumeration).
-        self._dummy_hash = self._hasher.hash("dummy password for timing")
+        self._dummy: str | None = None  # made on first need: a hash costs ~0.2 s at start-up
+
+    @property
+    def _dummy_hash(self) -> str:
+        """Verified against when the email is unknown, so both paths cost one hash (no
+        enumeration). The web makes it as it starts (`prepare`; gunicorn's master, once for
+        all its workers); elsewhere the first `verify` does, whatever the email."""
+        if self._dummy is None:
+            self._dummy = self._hasher.hash("dummy password for timing")
+        return self._dummy
+
+    def prepare(self) -> None:
+        """Make the dummy hash now, so no login waits for it."""
+        _ = self._dummy_hash
 
     def hash(self, password: str) -> str:
         return self._hasher.hash(password)
 
     def verify(self, password_hash: str | None, password: str) -> bool:
+        dummy = self._dummy_hash  # first, for known and unknown emails alike
         try:
-            return self._hasher.verify(password_hash or self._dummy_hash, password) and bool(
-                password_hash
-            )
+            return self._hasher.verify(password_hash or dummy, password) and bool(password_hash)
         except (VerificationError, InvalidHashError, UnicodeError):
             return False
 

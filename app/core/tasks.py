@@ -1,45 +1,25 @@
 """The one Celery app's machinery: binding it to a Flask app, the task base, beat entries
-declared beside their tasks, and publishing by name from the web and the CLI.
+declared beside their tasks, and the request ids that travel with every task.
 
-`app.extensions.celery` is created unbound; `create_app` binds it (`PostboardCelery.init_app`).
-Every task runs through `AppTask`: inside the bound app's context, its session removed after.
-The web never imports the worker package: it publishes by task name (`enqueue`), bounded in
-time, and never fails a reply because the broker is down.
+`app.extensions.celery` is made (on first use) unbound; `create_app` binds it
+(`PostboardCelery.init_app`). Every task runs through `AppTask`: inside the bound app's
+context, its session removed after. Publishing by name (`enqueue`) is in app/core/publishing.py,
+which imports none of this until a process first publishes.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
-import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as PublishTimeout
 from typing import Any
 
 from celery import Celery, Task
 from celery.signals import before_task_publish, task_postrun, task_prerun
-from flask import Flask, current_app, has_app_context
+from flask import Flask, has_app_context
 from kombu import Exchange, Queue
 
-from app.core.context import (
-    client_request_id_var,
-    current_client_request_id,
-    current_request_id,
-    request_id_var,
-)
+from app.core.context import client_request_id_var, request_id_var
 from app.core.redis_client import celery_transport_options
-
-log = logging.getLogger(__name__)
-
-# Publishing from a request: at most one quick retry in kombu; and whatever the transport's
-# client does underneath (redis-py 8 retries with backoff for seconds), the reply waits at most
-# PUBLISH_TIMEOUT, and after a failure publishing is skipped for PUBLISH_COOLDOWN (the tombstone
-# already keeps reads correct; a skipped write-through only costs a later cache miss).
-PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
-PUBLISH_TIMEOUT = 0.5
-PUBLISH_COOLDOWN = 5.0
 
 DEFAULT_QUEUE = "celery"
 FEED_TASK = "events.feed"  # the relay's message: an ordered batch of event JSONs (app/core/feed.py)
@@ -165,68 +145,6 @@ def celery_config(cfg: Mapping[str, Any], *, role: str = "web") -> dict[str, Any
             visibility_timeout=int(cfg["CELERY_VISIBILITY_TIMEOUT"]),
         ),
     }
-
-
-def enqueue(name: str, *args: Any) -> bool:
-    """Publish task `name` through the one Celery app; False (logged, never raised) when tasks
-    are off or the broker fails or is slow. The event handlers call it after the commit, so a
-    task never runs for a rolled-back write."""
-    if not current_app.config.get("TASKS_ENABLED", True):
-        return False
-    celery: PostboardCelery = current_app.extensions["celery"]
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    if celery.flask_app is not app:  # several apps in one process (tests): publish with ours
-        celery.init_app(app, role=app.extensions.get("role", "web"))
-    return _publisher.publish(celery, name, list(args), current_request_id())
-
-
-class Publisher:
-    """Publishes on a small thread pool of this process so that a caller waits a bounded time,
-    and skips publishing for a cool-down after a failure (a dead broker costs one timeout)."""
-
-    def __init__(self, timeout: float, cooldown: float) -> None:
-        self.timeout = timeout
-        self.cooldown = cooldown
-        self._pool: ThreadPoolExecutor | None = None
-        self._pid = 0
-        self._down_until: dict[str, float] = {}  # broker URL -> end of its cool-down
-        self._lock = threading.Lock()
-
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None or self._pid != os.getpid():  # a forked child starts its own
-                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="publish")
-                self._pid = os.getpid()
-            return self._pool
-
-    def publish(self, celery: Celery, name: str, args: list[Any], request_id: str | None) -> bool:
-        broker = str(celery.conf.broker_url)
-        if time.monotonic() < self._down_until.get(broker, 0.0):
-            log.warning("task_publish_skipped", extra={"task": name, "reason": "broker down"})
-            return False
-        send = self._executor().submit(
-            celery.send_task,
-            name,
-            args=args,
-            headers={
-                "x_request_id": request_id,
-                "x_client_request_id": current_client_request_id(),
-            },
-            ignore_result=True,  # the web never reads a result: no per-task result subscription
-            retry=True,
-            retry_policy=PUBLISH_RETRY,
-        )
-        try:
-            send.result(timeout=self.timeout)
-            return True
-        except Exception as exc:  # the write is committed; a lost follow-up must not fail it
-            self._down_until[broker] = time.monotonic() + self.cooldown
-            error = "timeout" if isinstance(exc, PublishTimeout) else type(exc).__name__
-            log.warning("task_publish_failed", extra={"task": name, "error": error})
-            return False
-
-
-_publisher = Publisher(PUBLISH_TIMEOUT, PUBLISH_COOLDOWN)
 
 
 # The request ids travel with every task (headers x_request_id, the server's, and

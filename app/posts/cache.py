@@ -14,7 +14,7 @@ from flask import Flask
 from app.core.cache import Cache, app_cache
 from app.core.cache_warming import fill_in_batches, register_warmer
 from app.core.events import DomainEvent
-from app.core.tasks import enqueue
+from app.core.publishing import enqueue
 from app.posts.models import Post
 from app.posts.repository import PostRepository
 from app.posts.representation import public_post

@@ -1,11 +1,16 @@
-"""Operator CLI: `flask users create` and `flask seed`."""
+"""Operator CLI: `flask users create` and `flask seed`; the CLI app's commands and errors."""
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 
+from app import create_app
+from app.cli.support import describe_database_error
 from app.extensions import db
 from tests.factories import login
+from tests.support.backends import test_config
 
 
 def _count(app, table: str) -> int:
@@ -99,3 +104,64 @@ def test_seed_rejects_bad_counts(app):
     result = app.test_cli_runner().invoke(args=["seed", "--users", "-1"])
     assert result.exit_code != 0
     assert _count(app, "users") == 0
+
+
+def test_seed_without_counts_is_a_usage_error_and_writes_nothing(app):
+    """README and `--help` write both counts as required: a bare `flask seed` seeds nothing."""
+    runner = app.test_cli_runner()
+    for args in (["seed"], ["seed", "--users", "3"], ["seed", "--posts-per-user", "2"]):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 2, result.output
+        assert "Missing option" in result.output
+    assert _count(app, "users") == 0
+    help_text = runner.invoke(args=["seed", "--help"]).output
+    assert "--users INTEGER RANGE" in help_text
+    assert help_text.count("required]") == 2
+
+
+def test_seed_with_zero_users_is_allowed_and_says_so(app):
+    result = app.test_cli_runner().invoke(args=["seed", "--users", "0", "--posts-per-user", "5"])
+    assert result.exit_code == 0, result.output
+    assert "seeded 0 users and 0 posts" in result.output
+
+
+@pytest.fixture
+def cli_app(app, database_uri):
+    """The app `flask` builds for its commands (role "cli"), on the test database."""
+    return create_app(test_config(database_uri), role="cli")
+
+
+def test_the_cli_app_lists_the_web_apps_commands_with_the_same_help(app, cli_app):
+    web = {name: command.get_short_help_str() for name, command in app.cli.commands.items()}
+    cli = {name: command.get_short_help_str() for name, command in cli_app.cli.commands.items()}
+    assert cli == web
+
+
+def test_the_cli_app_runs_our_commands(cli_app):
+    runner = cli_app.test_cli_runner()
+    created = runner.invoke(
+        args=[
+            "users",
+            "create",
+            "cli@example.com",
+            "--username",
+            "cliuser",
+            "--password",
+            "pw-long-1",
+        ]
+    )
+    assert created.exit_code == 0, created.output
+    assert "created user cliuser <cli@example.com>" in created.output
+    assert "post_slugs" in runner.invoke(args=["backfill", "list"]).output
+
+
+def test_a_database_error_is_described_without_its_password(app):
+    with app.app_context():
+        saved = app.config["SQLALCHEMY_DATABASE_URI"]
+        app.config["SQLALCHEMY_DATABASE_URI"] = "postgresql+psycopg://op:hunter2-pw@db:5432/x"
+        try:
+            text = describe_database_error(OperationalError("x", {}, OSError("password=hunter2")))
+        finally:
+            app.config["SQLALCHEMY_DATABASE_URI"] = saved
+    assert "hunter2" not in text
+    assert text.startswith("database postgresql+psycopg://op:***@db:5432/x: OSError: ")

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app.extensions import db
-from tests.factories import unique
+from tests.factories import UNKNOWN_ID, unique
 from tests.support.assertions import assert_error
 from tests.support.exchange import MIB, exchange
 
@@ -57,8 +57,8 @@ def test_every_status_has_its_envelope(client, account, other):
         "/api/posts/not-a-uuid",
         "/api/posts/12",
         "/api/users/1",
-        f"/api/users/{uuid.uuid4()}",
-        f"/api/users/{uuid.uuid4()}/posts",
+        f"/api/users/{UNKNOWN_ID}",
+        f"/api/users/{UNKNOWN_ID}/posts",
         "/api/users/00000000-0000-0000-0000-00000000000g",
         "/api/users/%00",
         "/api/../etc/passwd",

@@ -162,7 +162,8 @@ def test_openapi_documents_metrics(client) -> None:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> dict[str, str]:
-    """CELERY_BROKER_URL when set (Redis), else an embedded SQLite broker of this test's own."""
+    """The app's broker (CELERY_BROKER_URL, else REDIS_URL), else an embedded SQLite broker of
+    this test's own."""
     return broker_settings(tmp_path)
 
 

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.extensions import db
+from tests.factories import UNKNOWN_ID
 from tests.support.assertions import assert_error
 
 POST_FIELDS = {
@@ -121,7 +122,7 @@ def test_admin_may_post_as_another_user(client, admin, account):
     assert list_ids(client, f"/api/users/{account.id}/posts") == [response.json["data"]["id"]]
 
 
-@pytest.mark.parametrize("author", [str(uuid.uuid4()), "not-a-uuid", "12"])
+@pytest.mark.parametrize("author", [UNKNOWN_ID, "not-a-uuid", "12"])
 def test_create_for_unknown_author_is_not_found(client, admin, author, row_counts):
     before = row_counts()
     response = client.post(
@@ -505,8 +506,8 @@ INVALID_BODIES = [
     ({"title": "ok", "status": ""}, "status"),
     ({"title": "ok", "status": None}, "status"),
     ({"title": "ok", "status": 1}, "status"),
-    ({"title": "ok", "author_id": str(uuid.uuid4())}, "author_id"),
-    ({"title": "ok", "id": str(uuid.uuid4())}, "id"),
+    ({"title": "ok", "author_id": UNKNOWN_ID}, "author_id"),
+    ({"title": "ok", "id": UNKNOWN_ID}, "id"),
     ({"title": "ok", "version": 5}, "version"),
     ({"title": "ok", "published_at": "2020-01-01T00:00:00+00:00"}, "published_at"),
     ({"body": "no title"}, "title"),

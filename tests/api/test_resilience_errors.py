@@ -28,10 +28,10 @@ from sqlalchemy import exc as sa_exc
 from app import create_app
 from app.auth.blocklist import TokenBlocklist
 from app.core.errors import database_unavailable
+from app.core.publishing import enqueue
 from app.core.redis_client import redis_budget
-from app.core.tasks import enqueue
 from app.extensions import db
-from tests.factories import PASSWORD, unique
+from tests.factories import PASSWORD, UNKNOWN_ID, unique
 from tests.support.assertions import assert_error
 from tests.support.backends import test_config
 from tests.support.live import free_port, percentile
@@ -163,7 +163,7 @@ def unreachable_database_app() -> Flask:
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
-        ("GET", f"/api/users/{uuid.uuid4()}", None),
+        ("GET", f"/api/users/{UNKNOWN_ID}", None),
         ("GET", "/api/posts", None),
         (
             "POST",

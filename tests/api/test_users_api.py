@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from app.extensions import db
 from app.users.models import User
-from tests.factories import PASSWORD, bearer, login, register, unique
+from tests.factories import PASSWORD, UNKNOWN_ID, bearer, login, register, unique
 from tests.support.assertions import assert_error
 
 USER_FIELDS = {"id", "username", "display_name", "bio", "created_at", "updated_at", "version"}
@@ -190,7 +190,7 @@ def test_register_missing_fields(client, row_counts, body, fields):
         ({"bio": {"text": "nested"}}, "bio"),
         # Unknown fields, including ones a client must never set.
         ({"is_admin": True}, "is_admin"),
-        ({"id": str(uuid.uuid4())}, "id"),
+        ({"id": UNKNOWN_ID}, "id"),
         ({"version": 7}, "version"),
         ({"nickname": "x"}, "nickname"),
         # Sizes.
@@ -421,7 +421,7 @@ def test_get_user_shows_email_to_self_and_admin(client, account, admin):
 @pytest.mark.parametrize(
     "user_id",
     [
-        str(uuid.uuid4()),
+        UNKNOWN_ID,
         "abc",
         "123",
         "0",

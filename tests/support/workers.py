@@ -1,8 +1,9 @@
 """A Celery worker in its own process, the broker settings for it, and waiting for what it does.
 
-Broker: CELERY_BROKER_URL when set (Redis in CI), else the embedded SQLite broker in a temporary
-directory. Workers run with APP_ENV=development so they log JSON lines carrying the request id,
-as in production (the testing environment keeps Celery's plain log format).
+Broker: the one the app's settings resolve (CELERY_BROKER_URL, else REDIS_URL: Redis in CI), else
+the embedded SQLite broker in a temporary directory. Workers run with APP_ENV=development so they
+log JSON lines carrying the request id, as in production (the testing environment keeps Celery's
+plain log format).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 import redis
 from flask import Flask
 
+from app.settings import Settings
 from tests.support.backends import CACHE_DIR, REDIS_URL
 from tests.support.paths import ROOT
 
@@ -30,13 +32,12 @@ SLEEP_PREFIX = "postboard:test:sleep"
 
 
 def broker_settings(directory: Path) -> dict[str, str]:
-    broker_url = os.environ.get("CELERY_BROKER_URL")
-    if broker_url:
-        backend = os.environ.get("CELERY_RESULT_BACKEND") or broker_url
-        return {"CELERY_BROKER_URL": broker_url, "CELERY_RESULT_BACKEND": backend}
+    """The broker and result backend the app would use, as its settings resolve them
+    (CELERY_BROKER_URL, else REDIS_URL, else SQLite files), the SQLite ones in `directory`."""
+    resolved = Settings.from_env("testing", INSTANCE_PATH=str(directory))
     return {
-        "CELERY_BROKER_URL": f"sqla+sqlite:///{directory / 'broker.sqlite3'}",
-        "CELERY_RESULT_BACKEND": f"db+sqlite:///{directory / 'results.sqlite3'}",
+        "CELERY_BROKER_URL": resolved.celery_broker_url,
+        "CELERY_RESULT_BACKEND": resolved.celery_result_backend,
     }
 
 

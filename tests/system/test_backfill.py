@@ -45,6 +45,9 @@ from tests.support.backends import test_config as base_config
 from tests.support.paths import ROOT
 from tests.support.scratch_db import scratch_database
 
+# One xdist worker runs this module: its module-scoped fixture is built once, not per worker.
+pytestmark = pytest.mark.xdist_group("backfill")
+
 EMAIL = "backfill-owner@example.com"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -2,9 +2,10 @@
 (with the request id of the write in the worker's log), `cache.warm` fills entries, and a task
 whose worker is killed mid-run is delivered again and completes once in effect (Redis broker).
 
-Broker: CELERY_BROKER_URL when set (Redis in CI), else the embedded SQLite broker in a temporary
-directory. Workers run with APP_ENV=development so they log JSON lines carrying the request id,
-as in production (the testing environment keeps Celery's plain log format).
+Broker: the one the app's settings resolve (CELERY_BROKER_URL, else REDIS_URL: Redis in CI), else
+the embedded SQLite broker in a temporary directory. Workers run with APP_ENV=development so they
+log JSON lines carrying the request id, as in production (the testing environment keeps Celery's
+plain log format).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from tests.factories import login, register
 from tests.support.backends import test_config
 from tests.support.cache import cache_keys, entry
 from tests.support.workers import Worker, broker_settings, sleep_marks, wait_for
+
+# One xdist worker runs this module: its module-scoped fixture is built once, not per worker.
+pytestmark = pytest.mark.xdist_group("cache-workers")
 
 
 @pytest.fixture(scope="module")

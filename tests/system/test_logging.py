@@ -1,5 +1,5 @@
-"""Logs of real processes: one JSON object per line from gunicorn, a Celery worker and the `flask`
-CLI, and never a secret (contract §7). The formatter on its own is in
+"""Logs of real processes: one JSON object per line from gunicorn and a Celery worker, plain text
+on stderr from the `flask` CLI, and never a secret (contract §7). The formatter on its own is in
 tests/unit/test_log_format.py, the API in process in tests/api/test_logging.py.
 
 The request id travelling from a web request into the Celery task it caused, and appearing in
@@ -123,7 +123,11 @@ def test_task_lines_carry_request_id_task_name_and_id_and_no_secret(
     assert_absent(worker.log(), token_parts(argument))
 
 
-def test_cli_logs_json_and_never_echoes_a_password(app: Flask, tmp_path: Path) -> None:
+def test_cli_logs_plain_text_on_stderr_and_never_echoes_a_password(
+    app: Flask, tmp_path: Path
+) -> None:
+    """An operator's terminal: the command's output on stdout, log lines as plain text on
+    stderr (JSON lines are for the web and the worker), no password on either."""
     password = secret("cli-pw")
     env = {
         **os.environ,
@@ -151,8 +155,9 @@ def test_cli_logs_json_and_never_echoes_a_password(app: Flask, tmp_path: Path) -
         timeout=120,
     )
     assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith(f"created user {name} <{name}@example.com>")
     assert password not in created.stdout + created.stderr
-    # A Redis nobody listens on: the cache logs its warning, as a JSON line.
+    # A Redis nobody listens on: the cache logs its warning, as a plain line on stderr.
     stats = subprocess.run(
         [*FLASK, "cache", "stats"],
         cwd=ROOT,
@@ -162,8 +167,10 @@ def test_cli_logs_json_and_never_echoes_a_password(app: Flask, tmp_path: Path) -
         timeout=120,
     )
     assert stats.returncode == 0, stats.stderr
-    log_lines = parse_lines(
-        "\n".join(line for line in stats.stdout.splitlines() if line.startswith("{"))
+    assert stats.stdout.startswith("hits "), stats.stdout  # the command's answer, alone
+    warning = [line for line in stats.stderr.splitlines() if "cache_unavailable" in line]
+    assert warning, stats.stderr
+    assert " WARNING app.core.cache: cache_unavailable" in warning[0]
+    assert not any(
+        line.startswith("{") for line in stats.stdout.splitlines() + stats.stderr.splitlines()
     )
-    assert any(line["event"] == "cache_unavailable" for line in log_lines), stats.stdout
-    assert stats.stderr.strip() == "", stats.stderr

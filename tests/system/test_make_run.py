@@ -218,6 +218,8 @@ def test_sigterm_stops_web_worker_and_beat_gracefully_mid_task(make_run: MakeRun
             for line in run.json_lines("worker.1")
         ),
     )
+    # The relay is a service process (a `flask` command, but not one for a terminal): JSON lines.
+    assert any(line.get("event") == "outbox_relay_started" for line in run.json_lines("relay.1"))
 
     # A task longer than honcho's own 5 s kill wait, running when SIGTERM arrives.
     producer = Celery("make-run-probe", broker=run.broker, backend=run.backend)

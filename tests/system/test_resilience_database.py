@@ -45,6 +45,7 @@ def _pg_bin() -> Path | None:
 PG_BIN = _pg_bin()
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.serial,  # a latency drill: make test runs it alone, after the parallel part
     needs_postgres,
     pytest.mark.skipif(PG_BIN is None, reason="needs PostgreSQL's initdb and pg_ctl"),
 ]

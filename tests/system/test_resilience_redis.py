@@ -40,6 +40,7 @@ from tests.support.live import Http, Recorder, free_port, live_server, percentil
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.serial,  # a latency drill: make test runs it alone, after the parallel part
     pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server binary on PATH"),
 ]
 

@@ -22,6 +22,8 @@ from tests.support.backends import DATABASE_URL, ON_POSTGRES, needs_postgres, te
 from tests.support.scratch_db import scratch_database
 
 LIMIT = "PAGINATION_EXACT_COUNT_LIMIT"
+# One xdist worker runs this module: its module-scoped fixture is built once, not per worker.
+pytestmark = pytest.mark.xdist_group("scale")
 
 
 def seed(app: Flask, users: int, posts_per_user: int) -> str:

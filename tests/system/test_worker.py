@@ -1,5 +1,6 @@
 """A real Celery worker process consumes the configured broker: the embedded SQLite broker by
-default, Redis when CELERY_BROKER_URL names it. The request id travels with the task."""
+default, Redis when CELERY_BROKER_URL (or else REDIS_URL) names it. The request id travels with
+the task."""
 
 from __future__ import annotations
 

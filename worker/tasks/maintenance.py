@@ -8,7 +8,7 @@ import redis
 from flask import current_app
 
 from app.auth.blocklist import TokenBlocklist
-from app.core.idempotency import store as idempotency_store
+from app.core.idempotency_store import store as idempotency_store
 from app.core.redis_client import get_redis
 from app.extensions import celery, db
 
