@@ -25,7 +25,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -147,22 +146,37 @@ def timed(label: str, command: list[str], clone: Path) -> dict[str, float]:
     return {label: time.perf_counter() - t}
 
 
-def record(rows: dict[str, float], args: argparse.Namespace) -> None:
+def record(
+    rows: dict[str, float], before: dict[str, float] | None, args: argparse.Namespace
+) -> None:
     load = os.getloadavg()[0]
+    command = f".venv/bin/python -m bench.dx --steps {args.steps}" + (
+        " --cold-cache" if args.cold_cache else ""
+    )
+    if args.before is not None:
+        command += " --before <checkout of the older commit>"
+    if before is None:
+        table = ["| step | seconds |", "|---|---|"]
+        table += [f"| {k.strip()} | {v:.1f} |" for k, v in rows.items()]
+    else:
+        table = ["| step | before (s) | after (s) | after / before |", "|---|---|---|---|"]
+        for k, v in rows.items():
+            old = before.get(k)
+            ratio = f"{v / old:.2f}" if old else "n/a"
+            shown = f"{old:.1f}" if old is not None else "n/a"
+            table.append(f"| {k.strip()} | {shown} | {v:.1f} | {ratio} |")
     lines = [
         SECTION_START,
         f"## Developer experience (issue #14) — {date.today().isoformat()}",
         "",
         "```",
-        f".venv/bin/python -m bench.dx --steps {args.steps}"
-        + (" --cold-cache" if args.cold_cache else ""),
+        command,
         "```",
         "",
-        f"Fresh clone, embedded default, this 2-core machine (1-min load {load:.1f} at the end).",
+        f"Fresh clones, embedded default, this 2-core machine (1-min load {load:.1f} at the end)"
+        + ("; before and after measured step by step, in turn, in one run." if before else "."),
         "",
-        "| step | seconds |",
-        "|---|---|",
-        *(f"| {k.strip()} | {v:.1f} |" for k, v in rows.items()),
+        *table,
         SECTION_END,
     ]
     text = RESULTS.read_text()
@@ -174,9 +188,27 @@ def record(rows: dict[str, float], args: argparse.Namespace) -> None:
     RESULTS.write_text(text)
 
 
+def plan_for(
+    clone: Path, args: argparse.Namespace
+) -> list[tuple[str, Callable[[], dict[str, float]]]]:
+    return [
+        ("run", lambda: measure_run(clone, cold_cache=args.cold_cache)),
+        ("cli", lambda: measure_cli(clone, args.reps)),
+        ("test-fast", lambda: timed("install-dev (make install)", ["make", "install"], clone)),
+        (
+            "test-fast",
+            lambda: timed("make test-fast", ["make", "test-fast", "PYTEST_ARGS=-q"], clone),
+        ),
+        ("test", lambda: timed("make test", ["make", "test", "PYTEST_ARGS=-q"], clone)),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, default=ROOT, help="the checkout to clone")
+    parser.add_argument(
+        "--before", type=Path, default=None, help="an older checkout, measured step by step in turn"
+    )
     parser.add_argument("--steps", default="run,cli,test-fast")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--cold-cache", action="store_true", help="uv starts with an empty cache")
@@ -184,27 +216,25 @@ def main() -> None:
     args = parser.parse_args()
     steps = set(args.steps.split(","))
     rows: dict[str, float] = {}
+    before: dict[str, float] | None = {} if args.before is not None else None
     with tempfile.TemporaryDirectory(prefix="pb-dx-") as tmp:
-        clone = clone_of(args.source, Path(tmp))
-        plan: list[tuple[str, Callable[[], dict[str, float]]]] = [
-            ("run", lambda: measure_run(clone, cold_cache=args.cold_cache)),
-            ("cli", lambda: measure_cli(clone, args.reps)),
-            ("test-fast", lambda: timed("install-dev (make install)", ["make", "install"], clone)),
-            (
-                "test-fast",
-                lambda: timed("make test-fast", ["make", "test-fast", "PYTEST_ARGS=-q"], clone),
-            ),
-            ("test", lambda: timed("make test", ["make", "test", "PYTEST_ARGS=-q"], clone)),
-        ]
-        for step, run in plan:
-            if step in steps:
+        clone = clone_of(args.source, Path(tmp) / "after")
+        plans = [("after", plan_for(clone, args), rows)]
+        if before is not None:
+            old = clone_of(args.before, Path(tmp) / "before")
+            plans.insert(0, ("before", plan_for(old, args), before))
+        for index in range(len(plans[0][1])):
+            for label, plan, into in plans:
+                step, run = plan[index]
+                if step not in steps:
+                    continue
                 result = run()
-                rows.update(result)
+                into.update(result)
                 for k, v in result.items():
-                    print(f"{k:<45} {v:8.1f} s", flush=True)
+                    print(f"{label:<7} {k:<45} {v:8.1f} s", flush=True)
     if args.record:
-        record(rows, args)
+        record(rows, before, args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -96,8 +96,11 @@ def retry_command(webhook_id: uuid.UUID, delivery_id: uuid.UUID | None, all_dead
         raise click.UsageError("give either DELIVERY_ID or --all-dead")
     with one_line_errors():
         retried, published = service().retry_as_operator(webhook_id, delivery_id)
+    if not retried:
+        click.echo(f"no dead deliveries of webhook {webhook_id}")
+        return
     drain = "drain published" if published else "drain not published (tasks off or broker down)"
-    click.echo(f"retrying {len(retried)} deliveries of webhook {webhook_id}; {drain}")
+    click.echo(f"retrying {retried} deliveries of webhook {webhook_id}; {drain}")
 
 
 @webhooks_cli.command("disable")

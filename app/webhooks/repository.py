@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -12,7 +13,7 @@ from app.core.db import INCLUDE_DELETED
 from app.core.pagination import CursorCodec, Page, PageParams, paginate
 from app.posts.models import Post
 from app.users.models import User
-from app.webhooks.models import DEAD, Webhook, WebhookAttempt, WebhookDelivery
+from app.webhooks.models import DEAD, PENDING, Webhook, WebhookAttempt, WebhookDelivery
 
 
 class WebhookRepository:
@@ -154,3 +155,18 @@ class DeliveryRepository:
             .order_by(WebhookDelivery.id)
         )
         return list(self.session.scalars(stmt))
+
+    def revive(self, webhook_id: int, ids: Sequence[int] | None, now: datetime) -> int:
+        """Make these dead deliveries of a webhook (None: all of its dead ones) pending, due
+        `now`, with a fresh attempt budget; only rows still dead change (returns how many), so
+        two concurrent retries revive a delivery once."""
+        stmt = sa.update(WebhookDelivery).where(
+            WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.status == DEAD
+        )
+        if ids is not None:
+            stmt = stmt.where(WebhookDelivery.id.in_(ids))
+        values = {"status": PENDING, "attempts": 0, "next_attempt_at": now, "delivered_at": None}
+        result = self.session.execute(
+            stmt.values(**values).execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]

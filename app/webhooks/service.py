@@ -29,7 +29,7 @@ from app.core.ssrf import Resolver, UnsafeTarget, check_target
 from app.core.uow import UnitOfWork
 from app.extensions import db
 from app.users.repository import UserRepository
-from app.webhooks.models import DEAD, PENDING, Webhook, WebhookAttempt, WebhookDelivery
+from app.webhooks.models import DEAD, Webhook, WebhookAttempt, WebhookDelivery
 from app.webhooks.policy import WebhookPolicy
 from app.webhooks.repository import DeliveryRepository, WebhookRepository
 
@@ -203,34 +203,32 @@ class WebhookService:
         if delivery is None:
             raise NotFound("No such delivery.")
         self._retry(webhook, [delivery], actor_id=actor.public_id)
+        self.session.refresh(delivery)  # changed by an UPDATE statement, not through the object
         return delivery
 
     def _retry(
         self,
         webhook: Webhook,
-        deliveries: Sequence[WebhookDelivery],
+        deliveries: Sequence[WebhookDelivery] | None,
         *,
         actor_id: uuid.UUID | None,
-    ) -> bool:
-        """Whether the drain was published (False: nothing to retry, tasks off, broker down;
-        a sweep then finds the deliveries due)."""
+    ) -> tuple[int, bool]:
+        """Revive these dead deliveries (None: every dead one of the webhook); returns how many
+        and whether the drain was published (False: none, tasks off or broker down; a sweep
+        then finds them due)."""
         if not webhook.active:
             raise Conflict("The webhook is disabled: activate it before retrying deliveries.")
-        for delivery in deliveries:
+        for delivery in deliveries or ():
             if delivery.status != DEAD:
                 raise Conflict(
                     f"Only a dead delivery can be retried; this one is {delivery.status}."
                 )
-        if not deliveries:
-            return False
-        now = utcnow()
+        ids = None if deliveries is None else [d.id for d in deliveries]
         with UnitOfWork(self.session, actor_id=actor_id):
-            for delivery in deliveries:
-                delivery.status = PENDING
-                delivery.attempts = 0
-                delivery.next_attempt_at = now
-                delivery.delivered_at = None
-        return self.wake(webhook)
+            revived = self.deliveries.revive(webhook.id, ids, utcnow())
+            if ids is not None and revived != len(ids):  # a concurrent retry took it first
+                raise Conflict("The delivery was retried by another request meanwhile.")
+        return revived, self.wake(webhook) if revived else False
 
     def wake(self, webhook: Webhook) -> bool:
         """Publish the drain of this webhook's pending deliveries (after a commit)."""
@@ -268,19 +266,16 @@ class WebhookService:
 
     def retry_as_operator(
         self, public_id: uuid.UUID, delivery_id: uuid.UUID | None = None
-    ) -> tuple[list[WebhookDelivery], bool]:
-        """Retry one dead delivery, or every dead one (`delivery_id=None`); returns them and
-        whether the drain was published."""
+    ) -> tuple[int, bool]:
+        """Retry one dead delivery, or every dead one (`delivery_id=None`); returns how many
+        and whether the drain was published."""
         webhook = self.find(public_id)
         if delivery_id is None:
-            deliveries = self.deliveries.dead(webhook.id)
-        else:
-            delivery = self.deliveries.get(webhook.id, delivery_id)
-            if delivery is None:
-                raise NotFound("No such delivery.")
-            deliveries = [delivery]
-        published = self._retry(webhook, deliveries, actor_id=None)
-        return list(deliveries), published
+            return self._retry(webhook, None, actor_id=None)
+        delivery = self.deliveries.get(webhook.id, delivery_id)
+        if delivery is None:
+            raise NotFound("No such delivery.")
+        return self._retry(webhook, [delivery], actor_id=None)
 
     def disable(self, public_id: uuid.UUID, *, reason: str | None = None) -> Webhook:
         """Stop a webhook's deliveries (active=false) with the reason its owner will see; also

@@ -98,7 +98,7 @@ def test_retry_one_then_all_dead(app, client, account, cli):
         second: "pending",
         pending: "pending",
     }
-    assert "retrying 0 deliveries" in cli("retry", hook, "--all-dead").output
+    assert "no dead deliveries" in cli("retry", hook, "--all-dead").output
 
 
 def test_disable_stops_a_webhook_with_a_reason_its_owner_sees(client, account, cli):

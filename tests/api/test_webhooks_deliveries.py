@@ -280,3 +280,23 @@ def test_recipients_are_the_owners_and_every_admins(app, client, account, other,
     assert client.delete(f"/api/users/{account.id}", headers=account.headers).status_code == 204
     assert recipients(app, "post.deleted", "post", post["id"]) == set()
     assert recipients(app, "user.deleted", "user", account.id) == set()
+
+
+def test_a_delivery_is_revived_once_whatever_the_concurrent_retries(app, client, account):
+    """The retry's update changes only rows still dead: the second of two racing retries
+    changes nothing (and the service answers it 409)."""
+    from app.webhooks.repository import DeliveryRepository, WebhookRepository
+
+    hook = new_webhook(client, account)
+    add_delivery(app, hook)
+    with app.app_context():
+        webhook = WebhookRepository(db.session).get(uuid.UUID(hook))
+        assert webhook is not None
+        deliveries = DeliveryRepository(db.session)
+        (dead,) = deliveries.dead(webhook.id)
+        now = datetime.now(UTC)
+        assert deliveries.revive(webhook.id, [dead.id], now) == 1
+        assert deliveries.revive(webhook.id, [dead.id], now) == 0
+        assert deliveries.revive(webhook.id, None, now) == 0
+        db.session.rollback()
+        db.session.remove()

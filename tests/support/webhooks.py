@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from flask import Flask
 
@@ -12,9 +13,40 @@ from app.extensions import db
 from app.webhooks.models import DEAD, DELIVERED, PENDING, WebhookAttempt, WebhookDelivery
 from app.webhooks.repository import DeliveryRepository, WebhookRepository
 
-# A public address as a literal: checked like any name, with no DNS lookup in the tests.
+# Public addresses as literals: checked like any name, with no DNS lookup in the tests.
 PUBLIC_URL = "https://93.184.216.34/hooks"
-T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+PUBLIC_V6_URL = "https://[2606:2800:220:1:248:1893:25c8:1946]:8443/in?x=1"
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)  # when test deliveries were made
+WEBHOOK_FIELDS = {
+    "id",
+    "url",
+    "events",
+    "description",
+    "active",
+    "disabled_reason",
+    "created_at",
+    "updated_at",
+    "version",
+}
+
+
+def create(client, account, body: dict[str, Any] | None = None, **kwargs: Any):
+    body = {"url": PUBLIC_URL, "events": ["post.created"]} if body is None else body
+    return client.post("/api/webhooks", json=body, headers=account.headers, **kwargs)
+
+
+def created(client, account, **fields: Any) -> dict[str, Any]:
+    response = create(client, account, {"url": PUBLIC_URL, "events": ["*"], **fields})
+    assert response.status_code == 201, response.json
+    return response.json["data"]
+
+
+def item(webhook_id: str) -> str:
+    return f"/api/webhooks/{webhook_id}"
+
+
+def detail_fields(error: dict[str, Any]) -> set[str]:
+    return {d["field"] for d in error.get("details", [])}
 
 
 def new_webhook(client, account, events: list[str] | None = None) -> str:
