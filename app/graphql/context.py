@@ -14,10 +14,28 @@ from app.core.pagination import Page
 from app.core.security import Principal
 from app.posts.models import Post
 from app.posts.service import PostService
+from app.users.models import User
 from app.users.service import UserService
 
 if TYPE_CHECKING:
     from app.auth.guard import TokenCaller
+
+
+class AuthorBatch:
+    """The authors of posts resolved together, loaded for all at once on the first `author`
+    asked of any (no N+1). Execution goes depth first, so every id must be known before the
+    first is asked: a page registers its posts' authors as it is built."""
+
+    def __init__(self, ids: list[uuid.UUID] | None = None) -> None:
+        self.ids: list[uuid.UUID] = list(ids or [])
+        self._rows: dict[uuid.UUID, User] | None = None
+        self.group: AuthorGroup | None = None  # the loaded authors, for their own `posts`
+
+    def row(self, context: RequestContext, author_id: uuid.UUID) -> User | None:
+        if self._rows is None:
+            self._rows = context.users.many(self.ids)
+            self.group = AuthorGroup([(u.id, u.public_id) for u in self._rows.values()])
+        return self._rows.get(author_id)
 
 
 @dataclass
@@ -27,6 +45,7 @@ class AuthorGroup:
 
     authors: list[tuple[int, uuid.UUID]] = field(default_factory=list)
     _pages: dict[int, dict[int, Page[Post]]] = field(default_factory=dict)
+    _post_authors: AuthorBatch | None = None
 
     def first_page(self, context: RequestContext, author_id: int, per_page: int) -> Page[Post]:
         pages = self._pages.get(per_page)
@@ -35,6 +54,12 @@ class AuthorGroup:
                 self.authors, per_page, viewer=context.viewer
             )
         return pages[author_id]
+
+    def post_authors(self) -> AuthorBatch:
+        """One batch for the authors of every post of the group's pages (the group itself)."""
+        if self._post_authors is None:
+            self._post_authors = AuthorBatch([public for _, public in self.authors])
+        return self._post_authors
 
 
 @dataclass

@@ -29,7 +29,7 @@ def classify(error: GraphQLError) -> tuple[str, str, list[dict[str, str]], AppEr
         original = original.original_error
     if isinstance(original, AppError):
         return original.code, original.message, original.details, original
-    if original is None:
+    if original is None or isinstance(original, GraphQLError):
         if error.path is None:  # the document or its variables: graphql-core's own words
             return "VALIDATION_ERROR", error.message, [], None
         return (*INTERNAL, [], None)  # a result that broke the schema (null for non-null): a bug

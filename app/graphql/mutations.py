@@ -21,8 +21,7 @@ from app.core.conditional import parse_if_match
 from app.core.errors import RateLimited, ValidationFailed, flatten_messages
 from app.core.limiting import charge, client_ip
 from app.graphql.context import context_of, public_id
-from app.graphql.queries import user_from_row
-from app.graphql.types import PostNode, PostStatus, UserNode
+from app.graphql.types import PostNode, PostStatus, UserNode, user_from_row
 from app.posts.schemas import PostCreateSchema, PostPatchSchema
 from app.users.schemas import UserCreateSchema, UserPatchSchema
 

@@ -10,10 +10,15 @@ from strawberry.types import Info
 from app.core.pagination import DEFAULT_PER_PAGE
 from app.graphql.context import AuthorGroup, RequestContext, context_of, public_id
 from app.graphql.paging import cursor_named_after, page_params
-from app.graphql.types import PostConnection, PostNode, UserConnection, UserNode, user_connection
+from app.graphql.types import (
+    PostConnection,
+    PostNode,
+    UserConnection,
+    UserNode,
+    user_connection,
+    user_from_row,
+)
 from app.users.cache import UserSnapshot
-from app.users.models import User
-from app.users.representation import public_user
 
 
 def user_from_snapshot(context: RequestContext, snapshot: UserSnapshot) -> UserNode:
@@ -21,15 +26,6 @@ def user_from_snapshot(context: RequestContext, snapshot: UserSnapshot) -> UserN
     cache = context.users.cache
     return UserNode.from_view(
         snapshot.public, snapshot.owner_id, lambda: snapshot.email(cache), group=None
-    )
-
-
-def user_from_row(
-    user: User, group: AuthorGroup | None = None, *, reveal_email: bool = False
-) -> UserNode:
-    """A user row (a page of `users`, or a write's result)."""
-    return UserNode.from_view(
-        public_user(user), user.id, lambda: user.email, group=group, reveal_email=reveal_email
     )
 
 

@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import ASTValidationRule, GraphQLError
 from strawberry.extensions import (
-    MaxAliasesLimiter,
+    AddValidationRules,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     SchemaExtension,
     ValidationCache,
 )
+from strawberry.extensions.max_aliases import create_validator as aliases_rule
+from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
 from strawberry.types import ExecutionContext
 
 from app.graphql.context import RequestContext
@@ -53,11 +54,18 @@ class PostboardSchema(strawberry.Schema):
         report(errors)
 
 
+# QueryDepthLimiter's and MaxAliasesLimiter's rules, made once: a limiter built per request makes
+# new rule classes each time, and the validation cache (keyed by the rules) would never hit.
+BOUND_RULES: list[type[ASTValidationRule]] = [
+    depth_rule(MAX_DEPTH, None, None),
+    aliases_rule(MAX_ALIASES),
+]
+
+
 def _extensions() -> list[Any]:
     return [
-        MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        QueryDepthLimiter(max_depth=MAX_DEPTH),
-        MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: AddValidationRules(BOUND_RULES),
         lambda: ParserCache(maxsize=CACHED_DOCUMENTS),
         lambda: ValidationCache(maxsize=CACHED_DOCUMENTS),
         NameOperation,

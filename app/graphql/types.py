@@ -16,10 +16,12 @@ import strawberry
 from strawberry.types import Info
 
 from app.core.pagination import DEFAULT_PER_PAGE, Page
-from app.graphql.context import AuthorGroup, context_of, public_id
+from app.graphql.context import AuthorBatch, AuthorGroup, context_of, public_id
 from app.graphql.paging import cursor_named_after, page_params
 from app.posts.models import Post
 from app.posts.representation import public_post
+from app.users.models import User
+from app.users.representation import public_user
 
 VERSION_HELP = "Bumped by every write; pass it as `expectedVersion`."
 
@@ -53,14 +55,17 @@ class PostNode:
     published_at: datetime | None
     created_at: datetime
     updated_at: datetime
-    version: int = strawberry.field(
-        description="Bumped by every write; pass it as `expectedVersion`."
-    )
+    version: int = strawberry.field(description=VERSION_HELP)
+    _authors: strawberry.Private[AuthorBatch]
 
     @classmethod
-    def from_view(cls, view: dict[str, Any]) -> PostNode:
+    def from_view(cls, view: dict[str, Any], authors: AuthorBatch | None = None) -> PostNode:
         """From REST's representation of the post (a cache entry's or a row's)."""
+        if authors is None:
+            authors = AuthorBatch()
+        authors.ids.append(public_id(view["author_id"]))
         return cls(
+            _authors=authors,
             id=strawberry.ID(view["id"]),
             author_id=strawberry.ID(view["author_id"]),
             title=view["title"],
@@ -74,8 +79,13 @@ class PostNode:
         )
 
     @classmethod
-    def from_row(cls, post: Post) -> PostNode:
-        return cls.from_view(public_post(post))
+    def from_row(cls, post: Post, authors: AuthorBatch | None = None) -> PostNode:
+        return cls.from_view(public_post(post), authors)
+
+    @strawberry.field(description="The post's author.")
+    def author(self, info: Info[Any, Any]) -> UserNode | None:
+        row = self._authors.row(context_of(info), public_id(self.author_id))
+        return None if row is None else user_from_row(row, self._authors.group)
 
 
 @strawberry.type(name="PostEdge")
@@ -94,9 +104,10 @@ class PostConnection:
     page_info: PageInfo
 
     @classmethod
-    def from_page(cls, page: Page[Post]) -> PostConnection:
+    def from_page(cls, page: Page[Post], authors: AuthorBatch | None = None) -> PostConnection:
+        authors = authors or AuthorBatch()
         return cls(
-            edges=[_edge(PostEdge, PostNode.from_row(p), p, page) for p in page.items],
+            edges=[_edge(PostEdge, PostNode.from_row(p, authors), p, page) for p in page.items],
             page_info=_page_info(page),
         )
 
@@ -109,9 +120,7 @@ class UserNode:
     bio: str
     created_at: datetime
     updated_at: datetime
-    version: int = strawberry.field(
-        description="Bumped by every write; pass it as `expectedVersion`."
-    )
+    version: int = strawberry.field(description=VERSION_HELP)
     _owner: strawberry.Private[int]
     _email: strawberry.Private[Callable[[], str]]
     _group: strawberry.Private[AuthorGroup]
@@ -162,11 +171,9 @@ class UserNode:
         params = page_params(first, after)
         if after is None:  # the first page: one query for every user of the group
             page = self._group.first_page(context, self._owner, params.per_page)
-        else:
-            with cursor_named_after():
-                page = context.posts.list_by_author(
-                    public_id(self.id), params, viewer=context.viewer
-                )
+            return PostConnection.from_page(page, self._group.post_authors())
+        with cursor_named_after():
+            page = context.posts.list_by_author(public_id(self.id), params, viewer=context.viewer)
         return PostConnection.from_page(page)
 
 
@@ -184,6 +191,15 @@ class UserEdge:
 class UserConnection:
     edges: list[UserEdge]
     page_info: PageInfo
+
+
+def user_from_row(
+    user: User, group: AuthorGroup | None = None, *, reveal_email: bool = False
+) -> UserNode:
+    """A user row (a page of `users`, posts' authors, or a write's result)."""
+    return UserNode.from_view(
+        public_user(user), user.id, lambda: user.email, group=group, reveal_email=reveal_email
+    )
 
 
 def _page_info(page: Page[Any]) -> PageInfo:
