@@ -35,7 +35,8 @@ def codes(response: Any) -> list[str]:
     """The `extensions.code` of each error, in order (every error must carry one)."""
     body = response.get_json()
     text = response.get_data(as_text=True)
-    assert "Traceback" not in text and "sqlalchemy" not in text.lower(), text
+    assert "Traceback" not in text, text
+    assert "sqlalchemy" not in text.lower(), text
     return [e["extensions"]["code"] for e in body.get("errors", [])]
 
 
