@@ -63,7 +63,11 @@ class MutationOverGet(AppError):
 
 
 class GraphQLRequestSchema(ma.Schema):
-    """Documents the body (the view reads it itself: a GraphQL request's errors are GraphQL's)."""
+    """Documents the body (the view reads it itself: a GraphQL request's errors are GraphQL's).
+    Other members (`extensions`, ...) are ignored, as GraphQL over HTTP allows."""
+
+    class Meta:
+        unknown = ma.INCLUDE
 
     query = ma.fields.String(required=True, metadata={"example": "{ me { id username } }"})
     variables = ma.fields.Dict(allow_none=True)
