@@ -150,6 +150,7 @@ MODEL_MODULES = (
     "app.core.idempotency_store",
     "app.core.outbox",
     "app.backfill.models",
+    "app.webhooks.models",
 )
 
 
@@ -263,10 +264,12 @@ def register_blueprints(app: Flask) -> None:
     from app.ops.routes import blp as ops_blp
     from app.posts.routes import blp as posts_blp
     from app.users.routes import blp as users_blp
+    from app.webhooks.routes import blp as webhooks_blp
 
     api.register_blueprint(users_blp)
     api.register_blueprint(posts_blp)
     api.register_blueprint(auth_blp)
+    api.register_blueprint(webhooks_blp)
     api.register_blueprint(ops_blp)
     from app.graphql import init_app as register_graphql
 

@@ -1,4 +1,5 @@
-"""Operator commands: `flask users ...`, `flask seed`, `flask cache ...`, `flask backfill ...`.
+"""Operator commands: `flask users ...`, `flask seed`, `flask cache ...`, `flask backfill ...`,
+`flask events ...`, `flask outbox ...`, `flask webhooks ...`.
 
 A CLI app (role "cli", app/__init__.py) lists them without loading what they use: these modules
 import it inside the commands. A database error ends any of them with one plain line.
@@ -17,8 +18,9 @@ def commands() -> list[click.Command]:
     from app.cli.outbox import outbox_cli
     from app.cli.seed import seed_command
     from app.cli.users import users_cli
+    from app.cli.webhooks import webhooks_cli
 
-    return [users_cli, seed_command, cache_cli, backfill_cli, events_cli, outbox_cli]
+    return [users_cli, seed_command, cache_cli, backfill_cli, events_cli, outbox_cli, webhooks_cli]
 
 
 def register_cli(app: Flask) -> None:

@@ -33,10 +33,10 @@ PUBLISH_TIMEOUT = 0.5
 PUBLISH_COOLDOWN = 5.0
 
 
-def enqueue(name: str, *args: Any) -> bool:
-    """Publish task `name` through the one Celery app; False (logged, never raised) when tasks
-    are off or the broker fails or is slow. The event handlers call it after the commit, so a
-    task never runs for a rolled-back write."""
+def enqueue(name: str, *args: Any, queue: str | None = None) -> bool:
+    """Publish task `name` through the one Celery app (on `queue`, else where the task routes
+    send it); False (logged, never raised) when tasks are off or the broker fails or is slow.
+    The event handlers call it after the commit, so a task never runs for a rolled-back write."""
     if not current_app.config.get("TASKS_ENABLED", True):
         return False
     from app.extensions import celery  # made and bound here when a CLI publishes first
@@ -44,7 +44,7 @@ def enqueue(name: str, *args: Any) -> bool:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if celery.flask_app is not app:  # not bound yet (CLI), or several apps in one process (tests)
         celery.init_app(app, role=app.extensions.get("role", "web"))
-    return _publisher.publish(celery, name, list(args), current_request_id())
+    return _publisher.publish(celery, name, list(args), current_request_id(), queue=queue)
 
 
 class Publisher:
@@ -67,7 +67,13 @@ class Publisher:
             return self._pool
 
     def publish(
-        self, celery: PostboardCelery, name: str, args: list[Any], request_id: str | None
+        self,
+        celery: PostboardCelery,
+        name: str,
+        args: list[Any],
+        request_id: str | None,
+        *,
+        queue: str | None = None,
     ) -> bool:
         broker = str(celery.conf.broker_url)
         if time.monotonic() < self._down_until.get(broker, 0.0):
@@ -77,6 +83,7 @@ class Publisher:
             celery.send_task,
             name,
             args=args,
+            queue=queue,  # None: wherever the task routes send it
             headers={
                 "x_request_id": request_id,
                 "x_client_request_id": current_client_request_id(),

@@ -49,7 +49,14 @@ from app.settings.fields import (
 )
 from app.settings.instance_secrets import instance_secret
 
-__all__ = ["INSTANCE_DIR", "ConfigError", "Settings", "enforce_production_secrets", "settings"]
+__all__ = [
+    "INSTANCE_DIR",
+    "ConfigError",
+    "Settings",
+    "enforce_production_secrets",
+    "enforce_production_webhook_targets",
+    "settings",
+]
 
 # The repository root: where `.env` is read from and `instance/` lives by default.
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -251,6 +258,25 @@ class Settings:
     outbox_lease_seconds: float = setting("OUTBOX_LEASE_SECONDS", 30.0, above(0))
     feed_dedupe_seconds: int = setting("FEED_DEDUPE_SECONDS", 7200, at_least(1))
 
+    # Webhooks (docs/webhooks.md): plain http:// and private/loopback targets, for development
+    # and tests only (production refuses to start with either); the delivery queue; one
+    # attempt's timeout; attempts before a delivery is dead-lettered; the exponential backoff
+    # between them (base, cap); the shared breaker per target (failures that open it, seconds
+    # before a half-open probe); the most of a response body read; subscriptions per user.
+    webhooks_allow_http: bool = setting("WEBHOOKS_ALLOW_HTTP", False)
+    webhooks_allow_private: bool = setting("WEBHOOKS_ALLOW_PRIVATE", False)
+    webhooks_queue: str = setting("WEBHOOKS_QUEUE", "webhooks", a_queue_name)
+    webhooks_timeout_seconds: float = setting("WEBHOOKS_TIMEOUT_SECONDS", 10.0, above(0))
+    webhooks_max_attempts: int = setting("WEBHOOKS_MAX_ATTEMPTS", 8, at_least(1))
+    webhooks_backoff_base_seconds: float = setting("WEBHOOKS_BACKOFF_BASE_SECONDS", 5.0, above(0))
+    webhooks_backoff_max_seconds: float = setting("WEBHOOKS_BACKOFF_MAX_SECONDS", 3600.0, above(0))
+    webhooks_breaker_failures: int = setting("WEBHOOKS_BREAKER_FAILURES", 5, at_least(1))
+    webhooks_breaker_reset_seconds: float = setting(
+        "WEBHOOKS_BREAKER_RESET_SECONDS", 60.0, above(0)
+    )
+    webhooks_max_response_bytes: int = setting("WEBHOOKS_MAX_RESPONSE_BYTES", 65536, at_least(0))
+    webhooks_per_user: int = setting("WEBHOOKS_PER_USER", 25, at_least(1))
+
     # Argon2id cost: the library's defaults, cheaper in tests only (argon2 needs 8 KiB a lane).
     argon2_time_cost: int = setting("ARGON2_TIME_COST", _in_testing(1, 3), at_least(1))
     argon2_memory_cost_kib: int = setting(
@@ -285,6 +311,7 @@ class Settings:
         )
         if self.production:
             enforce_production_secrets(self)
+            enforce_production_webhook_targets(self)
 
     @property
     def testing(self) -> bool:
@@ -380,6 +407,17 @@ def enforce_production_secrets(values: Settings) -> None:
         if hmac.compare_digest(value.encode(), other_value.encode()):
             # One leaked value would then give both powers (e.g. a scraper could sign tokens).
             raise ConfigError(f"{key} and {other} must be different secrets in production")
+
+
+def enforce_production_webhook_targets(values: Settings) -> None:
+    """Refuse to start production with webhook targets allowed over http:// or on private
+    addresses: either lets a subscriber aim our workers at the internal network (SSRF)."""
+    for key, value in (
+        ("WEBHOOKS_ALLOW_HTTP", values.webhooks_allow_http),
+        ("WEBHOOKS_ALLOW_PRIVATE", values.webhooks_allow_private),
+    ):
+        if value:
+            raise ConfigError(f"{key} must be false in production (development and tests only)")
 
 
 # --- machinery -------------------------------------------------------------------------------

@@ -38,6 +38,9 @@ TABLES = (
     "revoked_tokens",
     "snapshots",
     "users",
+    "webhook_attempts",
+    "webhook_deliveries",
+    "webhooks",
 )
 # In the order rows can be deleted (posts refer to users). events is append-only: its trigger
 # refuses DELETE, so it is deleted from only where the role may skip triggers (a superuser, as in
@@ -50,6 +53,9 @@ DELETABLE = (
     "idempotency_keys",
     "revoked_tokens",
     "backfill_runs",
+    "webhook_attempts",
+    "webhook_deliveries",
+    "webhooks",
     "posts",
     "users",
 )

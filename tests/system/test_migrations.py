@@ -25,6 +25,9 @@ APP_TABLES = {
     "events_prune_gate",
     "outbox",
     "outbox_shards",
+    "webhooks",
+    "webhook_deliveries",
+    "webhook_attempts",
 }
 
 

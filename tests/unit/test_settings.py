@@ -256,3 +256,26 @@ def test_postgresql_gets_a_bounded_pool(monkeypatch: pytest.MonkeyPatch) -> None
     assert options["pool_size"] == 7
     assert options["connect_args"] == {"connect_timeout": 2}
     assert options["pool_pre_ping"] is True
+
+
+@pytest.mark.parametrize("variable", ["WEBHOOKS_ALLOW_HTTP", "WEBHOOKS_ALLOW_PRIVATE"])
+def test_production_refuses_to_start_with_unsafe_webhook_targets(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv("SECRET_KEY", STRONG)
+    monkeypatch.setenv("JWT_SECRET_KEY", "y" * 48)
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ConfigError, match=f"{variable} must be false in production"):
+        Settings.from_env("production")
+    # Development and tests may lift them.
+    assert getattr(Settings.from_env("testing"), variable.lower()) is True
+
+
+def test_webhook_defaults() -> None:
+    values = Settings.from_env()
+    assert (values.webhooks_allow_http, values.webhooks_allow_private) == (False, False)
+    assert values.webhooks_queue == "webhooks"
+    assert (values.webhooks_timeout_seconds, values.webhooks_max_attempts) == (10, 8)
+    assert (values.webhooks_backoff_base_seconds, values.webhooks_backoff_max_seconds) == (5, 3600)
+    assert (values.webhooks_breaker_failures, values.webhooks_breaker_reset_seconds) == (5, 60)
+    assert (values.webhooks_max_response_bytes, values.webhooks_per_user) == (65536, 25)
