@@ -55,12 +55,13 @@ def formatted(error: GraphQLError) -> dict[str, Any]:
 
 
 def from_envelope(error: dict[str, Any]) -> dict[str, Any]:
-    """A request refused before GraphQL ran (the pipeline's 413, 415, 429, a 401, a 500...),
-    the same error in GraphQL's shape (app/core/errors.py renders it with this)."""
+    """A request refused before GraphQL ran (the pipeline's 413, 415, 429, a 401, a 500...):
+    the contract's envelope (§2: every error) and the same error in GraphQL's shape, for GraphQL
+    clients (app/core/errors.py renders it with this)."""
     extensions: dict[str, Any] = {"code": error["code"]}
     if "details" in error:
         extensions["details"] = error["details"]
-    return {"errors": [{"message": error["message"], "extensions": extensions}]}
+    return {"error": error, "errors": [{"message": error["message"], "extensions": extensions}]}
 
 
 def report(errors: list[GraphQLError]) -> None:

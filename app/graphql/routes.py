@@ -10,8 +10,9 @@ HTTP statuses: 200 for an executed operation (field errors included, in `errors`
 request or its document is refused before execution (not JSON, no query, a syntax or validation
 error, bad variables, over a bound); 405 (with `Allow: POST`) for a mutation sent by GET; 401,
 413, 415 and 429 from the pipeline; 429 with Retry-After, too, when an operation ran into a limit
-of its own (registrations, password guesses). Every error body is GraphQL's
-`{"errors": [{"message", "extensions": {"code", "details"?}}]}`.
+of its own (registrations, password guesses). Every error is in GraphQL's
+`{"errors": [{"message", "extensions": {"code", "details"?}}]}`; a response that is not 200 also
+carries the contract's envelope `{"error": {"code", "message", "details"?}}` (its first error).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from strawberry.types.graphql import OperationType
 
 from app.auth.guard import BEARER_AUTH, authenticated, caller, current_principal
 from app.core.api import ApiBlueprint
-from app.core.errors import AppError, ValidationFailed
+from app.core.errors import AppError, ValidationFailed, envelope
 from app.core.limiting import client_ip
 from app.core.pipeline import name_operation
 from app.graphql.context import RequestContext
@@ -208,13 +209,17 @@ def answer(data: Any, errors: list[Any]) -> Response:
     refused = data is None and bool(errors) and all(e.path is None for e in errors)
     body: dict[str, Any] = {} if refused else {"data": data}
     status, headers = (400 if refused else 200), {}
+    cause = errors[0] if errors else None
     if errors:
         body["errors"] = [formatted(e) for e in errors]
         for error in errors:
             code, _, _, domain = classify(error)
             if code in PROMOTED and status == 200:
-                status = PROMOTED[code]
+                status, cause = PROMOTED[code], error
                 headers = dict(domain.headers) if domain is not None else {"Retry-After": "2"}
+    if status != 200 and cause is not None:  # the contract's envelope beside GraphQL's list
+        code, message, details, _ = classify(cause)
+        body = {"error": envelope(code, message, details)["error"], **body}
     return Response(
         current_app.json.dumps(body), status=status, headers=headers, mimetype="application/json"
     )

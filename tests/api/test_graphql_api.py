@@ -209,6 +209,7 @@ def test_malformed_requests_are_400_with_a_code_and_no_data(client, make, status
     assert response.status_code == status, response.get_json()
     assert "data" not in response.get_json()
     assert codes(response) == ["VALIDATION_ERROR"]
+    assert response.get_json()["error"]["code"] == "VALIDATION_ERROR"  # the contract's envelope
 
 
 def test_get_runs_queries_and_refuses_mutations_with_405(client, account):

@@ -49,6 +49,11 @@ def only_error(response: Any, status: int, code: str) -> dict[str, Any]:
     assert error["message"]
     for item in error["extensions"].get("details", []):
         assert set(item) == {"field", "message"}
+    if status != 200:  # a whole-request error carries the contract's envelope too (§2)
+        envelope = response.get_json()["error"]
+        assert envelope["code"] == code
+        assert envelope["message"] == error["message"]
+        assert envelope.get("details", []) == error["extensions"].get("details", [])
     return error
 
 
