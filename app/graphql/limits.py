@@ -47,6 +47,15 @@ class QueryCost(SchemaExtension):
     def on_execute(self) -> Iterator[None]:
         context = self.execution_context
         document = context.graphql_document
+        # What the client sent (strawberry has no public name for it: operation_name falls back).
+        if document is not None and context._provided_operation_name is None:
+            operations = sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
+            if operations > 1:  # the spec's rule; strawberry would quietly run the first one
+                refusal = ValidationFailed(
+                    "The document holds several operations: name the one to run.",
+                    details=[{"field": "operationName", "message": "Required with several."}],
+                )
+                raise GraphQLError(refusal.message, original_error=refusal)
         if document is not None:
             cost = query_cost(
                 context.schema._schema, document, context.operation_name, context.variables or {}

@@ -202,6 +202,12 @@ def test_validation_details_name_graphql_fields(client, account):
             400,
         ),
         (lambda c: c.get("/graphql?query=%7B+me+%7B"), 400),
+        (
+            lambda c: c.post(
+                "/graphql", json={"query": "query A { me { id } } query B { me { id } }"}
+            ),
+            400,
+        ),
     ],
 )
 def test_malformed_requests_are_400_with_a_code_and_no_data(client, make, status):
