@@ -271,6 +271,9 @@ def register_blueprints(app: Flask) -> None:
     api.register_blueprint(auth_blp)
     api.register_blueprint(webhooks_blp)
     api.register_blueprint(ops_blp)
+    from app.graphql import init_app as register_graphql
+
+    register_graphql(app)  # /graphql: the same services behind another door (app/graphql/)
 
 
 def register_rate_limits(app: Flask) -> None:

@@ -24,7 +24,8 @@
      11. security      security headers, CSP, HSTS, Cache-Control default
      12. compress      br/gzip of JSON bodies, our ETag kept
      13. request id    X-Request-ID
-     14. record        the access line and the metrics, from the one timer
+     14. record        the access line and the metrics, from the one timer (with the operation's
+                       name and type when the handler named one: GraphQL, app/graphql/)
 
 A flood of revoked tokens is still throttled before anything refuses them: the blocklist reply
 arrives with the limit's, but a refused hit answers 429 before the view's check runs.
@@ -51,7 +52,7 @@ from app.core.errors import (
     UnsupportedMediaType,
     UriTooLong,
 )
-from app.core.metrics import UNMATCHED_ROUTE, record_request
+from app.core.metrics import UNMATCHED_ROUTE, operation_label, record_operation, record_request
 from app.core.security import Principal
 
 log = logging.getLogger("app.access")
@@ -130,6 +131,13 @@ def identify_with(app: Flask, identifier: Identifier) -> None:
 
 def current_caller() -> Caller | None:
     return g.get("caller")
+
+
+def name_operation(name: str | None, kind: str) -> None:
+    """What a route that carries several operations (GraphQL) runs this time: the finish step
+    puts it on the access line and in the operation metrics. `name` is the client's (None:
+    anonymous); `kind` query, mutation, ..."""
+    g.operation = (name, kind)
 
 
 # --- before -------------------------------------------------------------------------------------
@@ -234,6 +242,9 @@ def _record(request_id: str, status: int) -> None:
     rule = request.url_rule
     route = rule.rule if rule is not None else None
     record_request(request.method, route or UNMATCHED_ROUTE, status, seconds)
+    operation = g.get("operation")
+    if operation is not None:
+        record_operation(route or UNMATCHED_ROUTE, operation[0], operation[1], status, seconds)
     if log.isEnabledFor(logging.INFO):
         caller = g.get("caller")
         client_id = g.get("client_request_id")
@@ -246,6 +257,9 @@ def _record(request_id: str, status: int) -> None:
             "duration_ms": round(seconds * 1000, 2) if seconds is not None else None,
             "user_id": caller.subject if caller is not None else None,
         }
+        if operation is not None:
+            fields["operation"] = operation_label(operation[0])
+            fields["operation_type"] = operation[1]
         if client_id:
             fields["server_request_id"] = request_id  # the id this request's events carry
         # log.info without its caller lookup (a stack walk per request): the access line carries

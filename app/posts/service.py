@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -166,6 +166,16 @@ class PostService:
                 author, include_drafts=drafts, limit=params.exact_count_limit
             ),
         )
+
+    def first_pages(
+        self, authors: Sequence[tuple[int, uuid.UUID]], per_page: int, *, viewer: Principal | None
+    ) -> dict[int, Page[Post]]:
+        """The first page of each of these live authors' posts, in one query (a page of users
+        with their posts costs the same whatever its length): what `list_by_author` gives
+        each in keyset mode, drafts too where the viewer may see them. `authors` are (id,
+        public id) of users the caller has already read."""
+        drafts_of = {a for a, _ in authors if viewer is not None and viewer.may_act_for(a)}
+        return self.posts.first_pages_by_authors(authors, per_page, self.codec, drafts_of=drafts_of)
 
     # History ---------------------------------------------------------------------------------
 
