@@ -197,7 +197,16 @@ def register_cli_commands(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     from app.auth.guard import register_auth
+    from app.core.security import SCOPE_WORDS, USER_SCOPES
     from app.extensions import api, jwt
+
+    # Swagger UI's "Authorize" runs the authorization code flow (with PKCE) against our server.
+    flow = {
+        "authorizationUrl": "/oauth/authorize",
+        "tokenUrl": "/oauth/token",
+        "refreshUrl": "/oauth/token",
+        "scopes": {scope: SCOPE_WORDS[scope] for scope in USER_SCOPES},
+    }
 
     app.config.update(
         JWT_TOKEN_LOCATION=["headers"],
@@ -205,7 +214,8 @@ def register_extensions(app: Flask) -> None:
         API_SPEC_OPTIONS={
             "components": {
                 "securitySchemes": {
-                    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                    "oauth2": {"type": "oauth2", "flows": {"authorizationCode": flow}},
                 }
             },
             "servers": [{"url": "/"}],

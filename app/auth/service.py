@@ -34,7 +34,7 @@ from app.auth.throttle import (
 from app.core.audit import security_event
 from app.core.errors import RateLimited, Unauthenticated
 from app.core.redis_client import get_redis
-from app.core.security import ADMIN_SCOPE, CurrentUser, passwords
+from app.core.security import ADMIN_SCOPE, USER_SCOPES, CurrentUser, passwords
 from app.core.text import normalise_email
 from app.extensions import db
 from app.users.models import User
@@ -57,7 +57,8 @@ class TokenPair:
 
 
 def scopes_for(user: User | CurrentUser) -> list[str]:
-    return [ADMIN_SCOPE] if user.is_admin else []
+    """A first-party login's scopes: every user scope, and `admin` for admins (contract §9)."""
+    return [*USER_SCOPES, ADMIN_SCOPE] if user.is_admin else list(USER_SCOPES)
 
 
 def new_family() -> str:
