@@ -151,6 +151,7 @@ MODEL_MODULES = (
     "app.core.outbox",
     "app.backfill.models",
     "app.webhooks.models",
+    "app.oauth.models",
 )
 
 
@@ -281,6 +282,15 @@ def register_blueprints(app: Flask) -> None:
     api.register_blueprint(auth_blp)
     api.register_blueprint(webhooks_blp)
     api.register_blueprint(ops_blp)
+    from app.oauth.authorize import blp as oauth_pages_blp
+    from app.oauth.routes import blp as oauth_blp
+    from app.oauth.routes import server_blp as oauth_server_blp
+    from app.oauth.server import init_server
+
+    init_server(app)  # third-party apps: authlib's authorization server (docs/oauth.md)
+    api.register_blueprint(oauth_blp)
+    api.register_blueprint(oauth_server_blp)
+    api.register_blueprint(oauth_pages_blp)
     from app.graphql import init_app as register_graphql
 
     register_graphql(app)  # /graphql: the same services behind another door (app/graphql/)
