@@ -49,7 +49,10 @@ CSP = (
     "frame-ancestors 'none'; base-uri 'none'"
 )
 R = TypeVar("R", bound=BaseResponse)
-HTML_DOC = {"content": {"text/html": {"schema": {"type": "string"}}}}
+HTML_DOC = {
+    "description": "An HTML page.",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
 
 
 def _signer() -> URLSafeTimedSerializer:

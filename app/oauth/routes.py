@@ -27,7 +27,8 @@ blp = ApiBlueprint("oauth", __name__, url_prefix="/api", description="Third-part
 server_blp = ApiBlueprint(
     "oauth_server", __name__, description="The OAuth 2.0 authorization server (docs/oauth.md)."
 )
-sensitive(server_blp)  # token bodies: never stored by a cache, never compressed
+sensitive(blp)  # a new app's secret: never stored by a cache, never compressed
+sensitive(server_blp)  # token bodies, likewise
 
 
 def service() -> OAuthService:
@@ -77,7 +78,7 @@ class ClientCollection(MethodView):
         made = service().register(caller.user_id, data)
         body = {"data": client_view(made.client, caller.public_id, made.client_secret)}
         location = url_for("oauth.ClientItem", client_id=made.client.client_id)
-        return body, 201, {"Location": location, "Cache-Control": "no-store"}
+        return body, 201, {"Location": location}
 
 
 @blp.route("/oauth/clients/<string:client_id>")
