@@ -22,10 +22,12 @@ from app.auth.blocklist import TokenBlocklist
 from app.core.errors import NotFound, ValidationFailed
 from app.core.redis_client import get_redis
 from app.core.security import USER_SCOPES, Principal
+from app.core.text import normalise_email
 from app.extensions import db
 from app.oauth.models import OAuthClient, OAuthCode, OAuthGrant, secret_digest
 from app.oauth.repository import OAuthRepository
 from app.users.models import User
+from app.users.repository import UserRepository
 
 CODE_TTL_SECONDS = 60  # contract §9: a code lives at most a minute
 NATIVE_HOSTS = ("127.0.0.1", "localhost")
@@ -113,6 +115,16 @@ class OAuthService:
         self.session.add(client)
         self.session.commit()
         return Registered(client, secret)
+
+    def owner_by_email(self, email: str) -> User:
+        """The user an operator names by email (`flask oauth clients create --owner`)."""
+        user = UserRepository(self.session).get_by_email(normalise_email(email))
+        if user is None:
+            raise NotFound(f"No user with the email {email}.")
+        return user
+
+    def owners(self, clients: list[OAuthClient]) -> dict[int, User]:
+        return {c.owner_id: u for c in clients if (u := self.repo.owner_of(c)) is not None}
 
     def clients(self, owner_id: int | None = None) -> list[OAuthClient]:
         return self.repo.clients(owner_id)
