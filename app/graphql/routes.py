@@ -33,7 +33,7 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types.graphql import OperationType
 
 from app.auth.guard import BEARER_AUTH, authenticated, caller, current_principal
-from app.core.api import ApiBlueprint
+from app.core.api import ApiBlueprint, ErrorBodySchema
 from app.core.errors import AppError, InsufficientScope, ValidationFailed, envelope
 from app.core.limiting import client_ip
 from app.core.pipeline import name_operation
@@ -80,6 +80,10 @@ class GraphQLResponseSchema(ma.Schema):
     errors = ma.fields.List(
         ma.fields.Dict(),
         metadata={"description": "Each with `message` and `extensions.code` (REST's codes)."},
+    )
+    error = ma.fields.Nested(
+        ErrorBodySchema,
+        metadata={"description": "On an answer that is not 200: the contract's error envelope."},
     )
 
 
