@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.blocklist import TokenBlocklist
@@ -237,9 +238,17 @@ class OAuthService:
         now = datetime.now(UTC)
         expires_at = now + timedelta(seconds=self.refresh_ttl)
         families = {g.family for g in grants} | ({extra} if extra else set())
-        for grant in grants:
-            grant.revoked_at = now
-        fresh = [f for f in sorted(families) if self.blocklist.revoke_family(f, expires_at)]
-        self.session.commit()
+        for attempt in range(2):
+            try:
+                for grant in grants:
+                    grant.revoked_at = now
+                fresh = [f for f in sorted(families) if self.blocklist.revoke_family(f, expires_at)]
+                self.session.commit()
+                break
+            except IntegrityError:
+                # A concurrent revocation wrote a family first: the retry skips what it revoked.
+                self.session.rollback()
+                if attempt:
+                    raise
         for family in fresh:
             self.blocklist.mirror_family(family, expires_at)

@@ -4,6 +4,8 @@ metadata (RFC 8414) and the token endpoint's answers (contract §9)."""
 from __future__ import annotations
 
 import base64
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -231,3 +233,23 @@ def test_a_password_change_signs_the_page_out(client, account, other):
     page = client.get(url)
     assert 'name="password"' in page.get_data(as_text=True)
     assert csrf_of(page)
+
+
+def test_two_revocations_of_one_grant_at_once_end_it_once_and_never_fail(
+    app, client, account, other
+):
+    for _ in range(5):  # the race is narrow: several rounds
+        made = register_app(client, other)
+        issued = tokens(client, made, account)
+        url = f"/api/me/authorizations/{made['client_id']}"
+        barrier = threading.Barrier(2)
+
+        def revoke(_: int, url: str = url, barrier: threading.Barrier = barrier) -> int:
+            caller = app.test_client()
+            barrier.wait(timeout=10)
+            return caller.delete(url, headers=account.headers).status_code
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            statuses = sorted(pool.map(revoke, range(2)))
+        assert statuses in ([204, 204], [204, 404]), statuses
+        assert client.get("/api/me", headers=bearer(issued["access_token"])).status_code == 401
