@@ -53,6 +53,11 @@ HTML_DOC = {
     "description": "An HTML page.",
     "content": {"text/html": {"schema": {"type": "string"}}},
 }
+# An unknown app or an unregistered redirect URI: an error page, never a redirect (§9).
+HTML_ERROR_DOC = {
+    "description": "An HTML error page (unknown app, unregistered redirect URI, bad request).",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
 
 
 def _signer() -> URLSafeTimedSerializer:
@@ -148,7 +153,11 @@ def _consent(session: dict[str, Any], user: CurrentUser | None, grant: Any, stat
 
 @blp.route("/authorize")
 class Authorize(MethodView):
-    @blp.doc(operationId="oauthAuthorize", security=[], responses={"200": HTML_DOC})
+    @blp.doc(
+        operationId="oauthAuthorize",
+        security=[],
+        responses={"200": HTML_DOC, "400": HTML_ERROR_DOC},
+    )
     def get(self) -> Response:
         """The sign-in or consent page (HTML)."""
         session = _session()
@@ -159,7 +168,13 @@ class Authorize(MethodView):
             return _refused(error, session)
         return _consent(session, user, grant)
 
-    @blp.doc(operationId="oauthAuthorizeDecision", security=[], responses={"200": HTML_DOC})
+    @blp.doc(
+        operationId="oauthAuthorizeDecision",
+        security=[],
+        # The page again: a missing sign-in (400), a wrong password (401), a stale form (403),
+        # the login limit (429).
+        responses={"200": HTML_DOC, **dict.fromkeys(("400", "401", "403", "429"), HTML_ERROR_DOC)},
+    )
     @route_limit("RATELIMIT_LOGIN")
     @form_body
     def post(self) -> BaseResponse:

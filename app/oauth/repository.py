@@ -7,6 +7,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from app.core.db import INCLUDE_DELETED
 from app.oauth.models import OAuthClient, OAuthCode, OAuthGrant
 from app.users.models import User
 
@@ -25,7 +26,8 @@ class OAuthRepository:
         return list(self.session.scalars(query))
 
     def owner_of(self, client: OAuthClient) -> User | None:
-        return self.session.get(User, client.owner_id)
+        """The app's owner, deleted or not (an app outlives nobody's id)."""
+        return self.session.get(User, client.owner_id, execution_options={INCLUDE_DELETED: True})
 
     def code(self, code_hash: str, client_pk: int) -> OAuthCode | None:
         return self.session.scalar(

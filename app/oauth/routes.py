@@ -179,7 +179,17 @@ def revoke() -> Response:
 
 
 @server_blp.route("/.well-known/oauth-authorization-server", methods=["GET"])
-@server_blp.doc(operationId="oauthMetadata", security=[], summary="RFC 8414 metadata.")
+@server_blp.doc(
+    operationId="oauthMetadata",
+    security=[],
+    summary="RFC 8414 metadata.",
+    responses={
+        "200": {
+            "description": "The server's metadata (RFC 8414 §2).",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
 def metadata_view() -> Response:
     """Where the endpoints are and what they support (RFC 8414)."""
     return jsonify(metadata())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import validate as v
 
-from app.core.schemas import StrictSchema, Text, envelope_schema
+from app.core.schemas import JsonBoolean, StrictSchema, Text, envelope_schema
 from app.core.security import USER_SCOPES
 from app.oauth.models import NAME_MAX
 
@@ -27,7 +27,7 @@ class ClientCreateSchema(StrictSchema):
         validate=v.Length(min=1, max=len(USER_SCOPES)),
         metadata={"example": ["profile", "posts:write"]},
     )
-    confidential = ma.fields.Boolean(load_default=False)
+    confidential = JsonBoolean(load_default=False)
 
 
 class ClientSchema(ma.Schema):

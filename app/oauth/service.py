@@ -142,7 +142,9 @@ class OAuthService:
 
     def owner_name(self, client: OAuthClient) -> str:
         owner = self.repo.owner_of(client)
-        return owner.display_name or owner.username if owner is not None else "a deleted user"
+        if owner is None or owner.deleted_at is not None:
+            return "a deleted user"
+        return owner.display_name or owner.username
 
     def delete(self, client: OAuthClient) -> None:
         """Delete the app; every token it holds is refused from now on, in every process."""
