@@ -304,11 +304,13 @@ def register_rate_limits(app: Flask) -> None:
 
 def register_zero_metrics(app: Flask) -> None:
     """Every metric family in the first scrape, at 0 (after the routes exist)."""
-    from app.core.metrics import zero_series
+    from app.core.metrics import zero_operations, zero_series
     from app.posts.cache import POST_KIND, USER_POST_COUNT_KIND
     from app.users.cache import USER_KIND
 
     zero_series(app, (USER_KIND, POST_KIND, USER_POST_COUNT_KIND))
+    # After init_metrics made the multiprocess directory (building /graphql's blueprint is before).
+    zero_operations("/graphql", ("query", "mutation"))
 
 
 def register_metrics(app: Flask) -> None:

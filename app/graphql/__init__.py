@@ -20,11 +20,9 @@ from flask import Flask
 def init_app(app: Flask) -> None:
     """Register /graphql on `app`'s API, its errors rendered GraphQL's way."""
     from app.core.errors import render_errors_with
-    from app.core.metrics import zero_operations
     from app.extensions import api
     from app.graphql.errors import from_envelope
     from app.graphql.routes import blp
 
     api.register_blueprint(blp)
     render_errors_with(app, blp.name, from_envelope)
-    zero_operations("/graphql", ("query", "mutation"))
