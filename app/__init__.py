@@ -151,6 +151,7 @@ MODEL_MODULES = (
     "app.core.outbox",
     "app.backfill.models",
     "app.webhooks.models",
+    "app.oauth.models",
 )
 
 
@@ -197,7 +198,16 @@ def register_cli_commands(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     from app.auth.guard import register_auth
+    from app.core.security import SCOPE_WORDS, USER_SCOPES
     from app.extensions import api, jwt
+
+    # Swagger UI's "Authorize" runs the authorization code flow (with PKCE) against our server.
+    flow = {
+        "authorizationUrl": "/oauth/authorize",
+        "tokenUrl": "/oauth/token",
+        "refreshUrl": "/oauth/token",
+        "scopes": {scope: SCOPE_WORDS[scope] for scope in USER_SCOPES},
+    }
 
     app.config.update(
         JWT_TOKEN_LOCATION=["headers"],
@@ -205,7 +215,8 @@ def register_extensions(app: Flask) -> None:
         API_SPEC_OPTIONS={
             "components": {
                 "securitySchemes": {
-                    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                    "oauth2": {"type": "oauth2", "flows": {"authorizationCode": flow}},
                 }
             },
             "servers": [{"url": "/"}],
@@ -271,6 +282,15 @@ def register_blueprints(app: Flask) -> None:
     api.register_blueprint(auth_blp)
     api.register_blueprint(webhooks_blp)
     api.register_blueprint(ops_blp)
+    from app.oauth.authorize import blp as oauth_pages_blp
+    from app.oauth.routes import blp as oauth_blp
+    from app.oauth.routes import server_blp as oauth_server_blp
+    from app.oauth.server import init_server
+
+    init_server(app)  # third-party apps: authlib's authorization server (docs/oauth.md)
+    api.register_blueprint(oauth_blp)
+    api.register_blueprint(oauth_server_blp)
+    api.register_blueprint(oauth_pages_blp)
     from app.graphql import init_app as register_graphql
 
     register_graphql(app)  # /graphql: the same services behind another door (app/graphql/)

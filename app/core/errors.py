@@ -61,6 +61,17 @@ class Forbidden(AppError):
     status, code, default_message = 403, "FORBIDDEN", "You may not do this."
 
 
+class InsufficientScope(Forbidden):
+    """A valid token that lacks the scope an action needs (RFC 6750 §3.1)."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            f"This token lacks the '{scope}' scope.",
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+        )
+        self.scope = scope
+
+
 class NotFound(AppError):
     status, code, default_message = 404, "NOT_FOUND", "The resource was not found."
 

@@ -3,7 +3,8 @@
     before (one before_request hook)
       1. start         one timer; a new server request id (logs, events, tasks); the client's
                        X-Request-ID, when well-formed, kept beside it (and echoed)
-      2. hygiene       URI length (414), body size (413) and type (415)
+      2. hygiene       URI length (414), body size (413) and type (415: JSON, or a form for a
+                       view declared @form_body)
       3. identify      the registered identifier (app/auth/guard.py) reads the bearer token once:
                        signature and expiry, no I/O; the caller's subject keys limit and log
       4. limit + reads ONE Redis round trip: the caller's rate-limit hit, which returns its window
@@ -61,6 +62,8 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # gunicorn's own request-line limit is off (its 414 would be HTML); this one answers in JSON.
 MAX_URI_BYTES = 8192
 IDENTIFIER = "pipeline.identifier"  # app.extensions key
+FORM_BODY_ATTR = "accepts_form_body"
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 class Caller(Protocol):
@@ -127,6 +130,23 @@ def init_pipeline(app: Flask) -> None:
 def identify_with(app: Flask, identifier: Identifier) -> None:
     """Set how step 3 identifies a caller (the auth package registers its token reader)."""
     app.extensions[IDENTIFIER] = identifier
+
+
+def form_body(view: Any) -> Any:
+    """Declare that a view takes an HTML form's body (application/x-www-form-urlencoded) where
+    every other route takes JSON: the OAuth endpoints (RFC 6749) and the consent page's forms.
+    Step 2 lets exactly these through; every other rule of the pipeline still applies."""
+    setattr(view, FORM_BODY_ATTR, True)
+    return view
+
+
+def _takes_form() -> bool:
+    if request.mimetype != FORM_TYPE or request.endpoint is None:
+        return False
+    view = current_app.view_functions.get(request.endpoint)
+    view_class = getattr(view, "view_class", None)
+    handler = getattr(view_class, request.method.lower(), None) if view_class else view
+    return bool(getattr(handler, FORM_BODY_ATTR, False))
 
 
 def current_caller() -> Caller | None:
@@ -204,7 +224,7 @@ def _check_body() -> None:
     if limit is not None and _body_exceeds(limit):
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
     # An unknown route or method is a 404/405 whatever the body: routing answers first.
-    if request.routing_exception is None and not request.is_json:
+    if request.routing_exception is None and not request.is_json and not _takes_form():
         raise UnsupportedMediaType()
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from strawberry.types import Info
 
-from app.core.errors import NotFound, Unauthenticated
+from app.core.errors import InsufficientScope, NotFound, Unauthenticated
 from app.core.pagination import Page
 from app.core.security import Principal
 from app.posts.models import Post
@@ -82,10 +82,13 @@ class RequestContext:
     def posts(self) -> PostService:
         return PostService.from_app()
 
-    def require_viewer(self) -> Principal:
-        """The caller, for what needs one (`me`, mutations): UNAUTHENTICATED otherwise."""
+    def require_viewer(self, scope: str | None = None) -> Principal:
+        """The caller, for what needs one (`me`, mutations): UNAUTHENTICATED otherwise; with
+        `scope` (the field's one declaration of it), FORBIDDEN for a token without it."""
         if self.viewer is None:
             raise Unauthenticated("Authentication is required: send Authorization: Bearer <token>.")
+        if scope is not None and not self.viewer.has(scope):
+            raise InsufficientScope(scope)
         return self.viewer
 
     def claims(self) -> dict[str, Any]:

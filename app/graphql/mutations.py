@@ -20,6 +20,7 @@ from app.auth.service import family_of
 from app.core.conditional import parse_if_match
 from app.core.errors import RateLimited, ValidationFailed, flatten_messages
 from app.core.limiting import charge, client_ip
+from app.core.security import POSTS_WRITE_SCOPE, USERS_WRITE_SCOPE
 from app.graphql.context import context_of, public_id
 from app.graphql.types import PostNode, PostStatus, UserNode, user_from_row
 from app.posts.schemas import PostCreateSchema, PostPatchSchema
@@ -125,7 +126,7 @@ class Mutation:
         if_match: IfMatch = None,
     ) -> UserNode | None:
         context = context_of(info)
-        actor = context.require_viewer()
+        actor = context.require_viewer(USERS_WRITE_SCOPE)
         user = context.users.update(
             _id(id),
             load(_PATCH_USER, input),
@@ -141,7 +142,7 @@ class Mutation:
         self, info: Info[Any, Any], user_id: strawberry.ID, input: CreatePostInput
     ) -> PostNode | None:
         context = context_of(info)
-        actor = context.require_viewer()
+        actor = context.require_viewer(POSTS_WRITE_SCOPE)
         post = context.posts.create(_id(user_id), load(_CREATE_POST, input), actor=actor)
         return PostNode.from_row(post)
 
@@ -155,7 +156,7 @@ class Mutation:
         if_match: IfMatch = None,
     ) -> PostNode | None:
         context = context_of(info)
-        actor = context.require_viewer()
+        actor = context.require_viewer(POSTS_WRITE_SCOPE)
         post = context.posts.update(
             _id(id),
             load(_PATCH_POST, input),
@@ -173,7 +174,7 @@ class Mutation:
         if_match: IfMatch = None,
     ) -> bool | None:
         context = context_of(info)
-        actor = context.require_viewer()
+        actor = context.require_viewer(POSTS_WRITE_SCOPE)
         context.posts.delete(_id(id), actor=actor, if_match=expected(expected_version, if_match))
         return True
 

@@ -64,5 +64,5 @@ class Query:
     @strawberry.field(description="The caller's own user (UNAUTHENTICATED without a token).")
     def me(self, info: Info[Any, Any]) -> UserNode | None:
         context = context_of(info)
-        viewer = context.require_viewer()
+        viewer = context.require_viewer()  # no scope: `email` needs `profile`
         return user_from_snapshot(context, context.users.read(viewer.public_id))

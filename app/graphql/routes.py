@@ -34,7 +34,7 @@ from strawberry.types.graphql import OperationType
 
 from app.auth.guard import BEARER_AUTH, authenticated, caller, current_principal
 from app.core.api import ApiBlueprint, ErrorBodySchema
-from app.core.errors import AppError, ValidationFailed, envelope
+from app.core.errors import AppError, InsufficientScope, ValidationFailed, envelope
 from app.core.limiting import client_ip
 from app.core.pipeline import name_operation
 from app.graphql.context import RequestContext
@@ -212,15 +212,17 @@ def answer(data: Any, errors: list[Any]) -> Response:
     field errors), or the status of a limit an operation ran into."""
     refused = data is None and bool(errors) and all(e.path is None for e in errors)
     body: dict[str, Any] = {} if refused else {"data": data}
-    status, headers = (400 if refused else 200), {}
+    status, headers = (400 if refused else 200), dict[str, str]()
     cause = errors[0] if errors else None
     if errors:
         body["errors"] = [formatted(e) for e in errors]
         for error in errors:
             code, _, _, domain = classify(error)
+            if isinstance(domain, InsufficientScope):  # as REST says it (docs/oauth.md)
+                headers.setdefault("WWW-Authenticate", domain.headers["WWW-Authenticate"])
             if code in PROMOTED and status == 200:
                 status, cause = PROMOTED[code], error
-                headers = dict(domain.headers) if domain is not None else {"Retry-After": "2"}
+                headers.update(domain.headers if domain is not None else {"Retry-After": "2"})
     if status != 200 and cause is not None:  # the contract's envelope beside GraphQL's list
         code, message, details, _ = classify(cause)
         body = {"error": envelope(code, message, details)["error"], **body}

@@ -157,7 +157,7 @@ class UserNode:
     @strawberry.field(description="Only for the user themself and admins; null for anyone else.")
     def email(self, info: Info[Any, Any]) -> str | None:
         viewer = context_of(info).viewer
-        if self._reveal_email or (viewer is not None and viewer.may_act_for(self._owner)):
+        if self._reveal_email or (viewer is not None and viewer.sees_private_of(self._owner)):
             return self._email()
         return None
 
