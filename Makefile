@@ -17,7 +17,7 @@ SYNC := $(UV) sync --locked --quiet --compile-bytecode
 LOCK_ARGS ?= --upgrade
 export FLASK_APP := wsgi
 
-.PHONY: install run migrate test test-fast lint audit fuzz format lock clean
+.PHONY: install run migrate test test-fast lint audit fuzz format lock graphql-schema clean
 
 $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target $(UV_DIR) uv==$(UV_VERSION)
@@ -108,6 +108,10 @@ audit: install
 ## schemathesis, every phase and check, fixed seed, against a real gunicorn (tests/fuzz/run.py).
 fuzz: install
 	$(BIN)/python -m tests.fuzz.run $(FUZZ_ARGS)
+
+## docs/schema.graphql from the code's GraphQL schema (tests/api/test_graphql_api.py fails on drift).
+graphql-schema: install
+	$(BIN)/python -m app.graphql.sdl
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -153,6 +153,7 @@ MODEL_MODULES = (
     "app.core.outbox",
     "app.backfill.models",
     "app.webhooks.models",
+    "app.oauth.models",
 )
 
 
@@ -199,7 +200,16 @@ def register_cli_commands(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     from app.auth.guard import register_auth
+    from app.core.security import SCOPE_WORDS, USER_SCOPES
     from app.extensions import api, jwt
+
+    # Swagger UI's "Authorize" runs the authorization code flow (with PKCE) against our server.
+    flow = {
+        "authorizationUrl": "/oauth/authorize",
+        "tokenUrl": "/oauth/token",
+        "refreshUrl": "/oauth/token",
+        "scopes": {scope: SCOPE_WORDS[scope] for scope in USER_SCOPES},
+    }
 
     app.config.update(
         JWT_TOKEN_LOCATION=["headers"],
@@ -207,7 +217,8 @@ def register_extensions(app: Flask) -> None:
         API_SPEC_OPTIONS={
             "components": {
                 "securitySchemes": {
-                    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                    "oauth2": {"type": "oauth2", "flows": {"authorizationCode": flow}},
                 }
             },
             "servers": [{"url": "/"}],
@@ -273,6 +284,18 @@ def register_blueprints(app: Flask) -> None:
     api.register_blueprint(auth_blp)
     api.register_blueprint(webhooks_blp)
     api.register_blueprint(ops_blp)
+    from app.oauth.authorize import blp as oauth_pages_blp
+    from app.oauth.routes import blp as oauth_blp
+    from app.oauth.routes import server_blp as oauth_server_blp
+    from app.oauth.server import init_server
+
+    init_server(app)  # third-party apps: authlib's authorization server (docs/oauth.md)
+    api.register_blueprint(oauth_blp)
+    api.register_blueprint(oauth_server_blp)
+    api.register_blueprint(oauth_pages_blp)
+    from app.graphql import init_app as register_graphql
+
+    register_graphql(app)  # /graphql: the same services behind another door (app/graphql/)
 
 
 def register_rate_limits(app: Flask) -> None:
@@ -283,11 +306,13 @@ def register_rate_limits(app: Flask) -> None:
 
 def register_zero_metrics(app: Flask) -> None:
     """Every metric family in the first scrape, at 0 (after the routes exist)."""
-    from app.core.metrics import zero_series
+    from app.core.metrics import zero_operations, zero_series
     from app.posts.cache import POST_KIND, USER_POST_COUNT_KIND
     from app.users.cache import USER_KIND
 
     zero_series(app, (USER_KIND, POST_KIND, USER_POST_COUNT_KIND))
+    # After init_metrics made the multiprocess directory (building /graphql's blueprint is before).
+    zero_operations("/graphql", ("query", "mutation"))
 
 
 def register_metrics(app: Flask) -> None:

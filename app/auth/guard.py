@@ -25,9 +25,10 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 
 from app.auth.blocklist import KEY_PREFIX, TokenBlocklist, family_key
 from app.auth.service import AuthService, check_claims, family_of, outlived_cutoff
+from app.core.api import REQUIRED_SCOPE
 from app.core.audit import security_event
 from app.core.cache import app_cache, cache_key
-from app.core.errors import Unauthenticated
+from app.core.errors import InsufficientScope, Unauthenticated
 from app.core.pipeline import identify_with
 from app.core.redis_client import get_redis
 from app.core.security import ADMIN_SCOPE, CurrentUser, Principal
@@ -212,8 +213,12 @@ def caller() -> TokenCaller:
     return cast(TokenCaller, g.caller)
 
 
-def authenticated(*, optional: bool = False, refresh: bool = False) -> Callable[[F], F]:
-    """Require (or, with `optional`, accept) a valid access token before the view runs."""
+def authenticated(
+    *, optional: bool = False, refresh: bool = False, scope: str | None = None
+) -> Callable[[F], F]:
+    """Require (or, with `optional`, accept) a valid access token before the view runs; with
+    `scope`, one that carries it (else 403 insufficient_scope). The route's one declaration of
+    its scope: `operation` reads it for the OpenAPI document (`REQUIRED_SCOPE`)."""
 
     def decorator(view: F) -> F:
         @wraps(view)
@@ -226,11 +231,21 @@ def authenticated(*, optional: bool = False, refresh: bool = False) -> Callable[
                     )
             else:
                 found.verify(refresh=refresh)
+                if scope is not None:
+                    require_scope(scope)
             return view(*args, **kwargs)
 
+        setattr(wrapper, REQUIRED_SCOPE, scope)
         return cast(F, wrapper)
 
     return decorator
+
+
+def require_scope(scope: str) -> None:
+    """Refuse (403) a verified caller whose token lacks `scope` (GraphQL fields call it too)."""
+    principal = current_principal()
+    if principal is not None and not principal.has(scope):
+        raise InsufficientScope(scope)
 
 
 def current_claims() -> dict[str, Any]:

@@ -34,7 +34,7 @@ from app.auth.throttle import (
 from app.core.audit import security_event
 from app.core.errors import RateLimited, Unauthenticated
 from app.core.redis_client import get_redis
-from app.core.security import ADMIN_SCOPE, CurrentUser, passwords
+from app.core.security import ADMIN_SCOPE, USER_SCOPES, CurrentUser, passwords
 from app.core.text import normalise_email
 from app.extensions import db
 from app.users.models import User
@@ -44,6 +44,7 @@ BAD_CREDENTIALS = "Invalid email or password."
 THROTTLED = "Too many failed logins for this account from here: try again later."
 TOKEN_REVOKED = "The token has been revoked."  # noqa: S105  # nosec B105 # a message
 FAMILY_CLAIM = "fam"
+CLIENT_CLAIM = "client_id"  # on the tokens issued to an OAuth app (app/oauth/)
 _FAMILY_RE = re.compile(r"[0-9a-f]{32}")
 EMAIL_HASH_CHARS = 16  # of the keyed hash, in log lines: enough to correlate, not to reverse
 
@@ -57,7 +58,8 @@ class TokenPair:
 
 
 def scopes_for(user: User | CurrentUser) -> list[str]:
-    return [ADMIN_SCOPE] if user.is_admin else []
+    """A first-party login's scopes: every user scope, and `admin` for admins (contract §9)."""
+    return [*USER_SCOPES, ADMIN_SCOPE] if user.is_admin else list(USER_SCOPES)
 
 
 def new_family() -> str:
@@ -118,6 +120,8 @@ def check_claims(token: str) -> None:
         raise ValueError("scope")
     if FAMILY_CLAIM in raw and family_of(raw) is None:
         raise ValueError(FAMILY_CLAIM)
+    if CLIENT_CLAIM in raw and not isinstance(raw[CLIENT_CLAIM], str):
+        raise ValueError(CLIENT_CLAIM)
 
 
 def family_of(claims: dict[str, Any]) -> str | None:
@@ -169,7 +173,13 @@ class AuthService:
         )
 
     def login(self, email: str, password: str, address: str = "unknown") -> TokenPair:
-        """One answer for every failure (unknown email, wrong password), each after exactly one
+        """A first-party login: `authenticate`, then a new token family."""
+        return self._issue(self.authenticate(email, password, address), new_family())
+
+    def authenticate(self, email: str, password: str, address: str = "unknown") -> User:
+        """The user these credentials name (POST /api/auth/login, the OAuth sign-in page).
+
+        One answer for every failure (unknown email, wrong password), each after exactly one
         password hash's work, so neither the answer nor its timing tells them apart. Failures
         are counted per (email, address) and per email (app/auth/throttle.py): a throttled
         attempt is a 429 whose password is never checked, whether or not the account exists."""
@@ -195,7 +205,7 @@ class AuthService:
             raise Unauthenticated(BAD_CREDENTIALS)
         self.throttle.reset(pair)  # a successful login starts this address's count afresh
         self.known.hit(pair)  # and lets it in while the email is under a spread attack
-        return self._issue(user, new_family())
+        return user
 
     def _throttled(self, account: str, pair: str) -> str | None:
         """Why this attempt is refused unchecked, or None: this address used up its failures
@@ -230,7 +240,10 @@ class AuthService:
     # Refresh, reuse, logout --------------------------------------------------------------------
 
     def refresh(self, user: CurrentUser, claims: dict[str, Any]) -> TokenPair:
-        """Rotate: the presented refresh token is revoked and a new pair of its family issued."""
+        """Rotate: the presented refresh token is revoked and a new pair of its family issued.
+        An app's refresh token (`client_id`) rotates only at /oauth/token, with its own scopes."""
+        if CLIENT_CLAIM in claims:
+            raise Unauthenticated("An app's refresh token is refreshed at /oauth/token.")
         self._spend(claims)
         return self._issue(user, family_of(claims) or new_family())
 
@@ -278,11 +291,28 @@ class AuthService:
     # Internals ---------------------------------------------------------------------------------
 
     def _issue(self, user: User | CurrentUser, family: str) -> TokenPair:
+        return self.issue(user, family, scopes_for(user))
+
+    def issue(
+        self,
+        user: User | CurrentUser,
+        family: str,
+        scopes: list[str],
+        client_id: str | None = None,
+    ) -> TokenPair:
+        """An access and a refresh token of `family` carrying `scopes` (and, for an app's tokens,
+        its `client_id`): the one place the service's JWTs are minted."""
         identity = str(user.public_id)
-        claims = {"scope": scopes_for(user), FAMILY_CLAIM: family}
+        claims: dict[str, Any] = {"scope": scopes, FAMILY_CLAIM: family}
+        if client_id is not None:
+            claims[CLIENT_CLAIM] = client_id
         access = create_access_token(identity=identity, additional_claims=claims)
         refresh = create_refresh_token(identity=identity, additional_claims=claims)
         return TokenPair(access_token=access, refresh_token=refresh, expires_in=self.access_ttl)
+
+    def spend_refresh(self, claims: dict[str, Any]) -> None:
+        """Spend a refresh token once (an app's, at /oauth/token); Unauthenticated on reuse."""
+        self._spend(claims)
 
     def _family_expiry(self, claims: dict[str, Any]) -> datetime:
         """No token of the family outlives this: each was issued by now, with at most the

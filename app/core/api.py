@@ -104,6 +104,10 @@ class JsonParser(FlaskParser):
         )
 
 
+# The attribute `authenticated(scope=...)` leaves on a view: the scope `operation` documents.
+REQUIRED_SCOPE = "required_scope"
+OAUTH2_SCHEME = "oauth2"
+
 # Where `operation` keeps the header parameters it documents (see ApiBlueprint).
 EXTRA_PARAMETERS = "extra_parameters"
 
@@ -184,6 +188,12 @@ def operation(
         doc["responses"] = {status: {"links": dict(named)} for status, named in links.items()}
 
     def decorator(view: Any) -> Any:
+        if (
+            security and "bearerAuth" in security[0]
+        ):  # a bearer route: an app's OAuth token with the route's scope works too
+            scope = getattr(view, REQUIRED_SCOPE, None)
+            app_token = {OAUTH2_SCHEME: [scope] if scope else []}
+            doc["security"] = [*security[:1], app_token, *security[1:]]
         view = blp.doc(**doc)(view)
         if parameters:
             view._apidoc = {**view._apidoc, EXTRA_PARAMETERS: parameters}

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from itertools import islice
 from typing import Any
 
-from flask import Response, has_request_context, jsonify, request
+from flask import Flask, Response, current_app, has_request_context, jsonify, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
@@ -59,6 +59,17 @@ class Unauthenticated(AppError):
 
 class Forbidden(AppError):
     status, code, default_message = 403, "FORBIDDEN", "You may not do this."
+
+
+class InsufficientScope(Forbidden):
+    """A valid token that lacks the scope an action needs (RFC 6750 §3.1)."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            f"This token lacks the '{scope}' scope.",
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+        )
+        self.scope = scope
 
 
 class NotFound(AppError):
@@ -146,6 +157,18 @@ def envelope(code: str, message: str, details: Iterable[Mapping[str, str]] = ())
     return {"error": error}
 
 
+# app.extensions key: {blueprint name: renderer}. A blueprint that speaks another error format
+# (GraphQL's `{"errors": [...]}`) renders the same error (code, message, details) its own way.
+ERROR_RENDERERS = "errors.renderers"
+ErrorRenderer = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def render_errors_with(app: Flask, blueprint: str, renderer: ErrorRenderer) -> None:
+    """Errors answered for `blueprint`'s routes get `renderer(envelope["error"])` as their body
+    (status and headers unchanged): one mapping of exceptions, two formats."""
+    app.extensions.setdefault(ERROR_RENDERERS, {})[blueprint] = renderer
+
+
 def error_response(
     status: int,
     code: str,
@@ -153,7 +176,12 @@ def error_response(
     details: Iterable[Mapping[str, str]] = (),
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    response = jsonify(envelope(code, message, details))
+    body = envelope(code, message, details)
+    if has_request_context() and request.blueprint is not None:
+        renderer = current_app.extensions.get(ERROR_RENDERERS, {}).get(request.blueprint)
+        if renderer is not None:
+            body = renderer(body["error"])
+    response = jsonify(body)
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -187,11 +215,11 @@ def handle_app_error(error: AppError) -> Response:
     if error.status >= 500:
         log.error("app_error", extra={"code": error.code})
     if isinstance(error, Forbidden):
-        _forbidden_event(error)
+        forbidden_event(error)
     return error_response(error.status, error.code, error.message, error.details, error.headers)
 
 
-def _forbidden_event(error: Forbidden) -> None:
+def forbidden_event(error: Forbidden) -> None:
     """A `forbidden` security event: who tried what (ids and route only, never a credential)."""
     fields: dict[str, Any] = {"reason": error.message}
     if has_request_context():

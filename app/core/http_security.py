@@ -229,8 +229,11 @@ def _static_headers(config: dict[str, Any]) -> list[tuple[str, str]]:
 
 def security_headers(response: Response) -> Response:
     headers = response.headers
+    own_csp = headers.get("Content-Security-Policy")  # an HTML page's own (GraphiQL's)
     for name, value in current_app.extensions["http_security.static"]:
         headers[name] = value
+    if own_csp and response.mimetype == "text/html":
+        headers["Content-Security-Policy"] = own_csp
     if request.endpoint == DOCS_ENDPOINT:
         headers["Content-Security-Policy"] = docs_csp(response)
     if "Cache-Control" not in headers or _is_sensitive():

@@ -339,10 +339,29 @@ def request_hit(app: Flask) -> tuple[str, Rule] | None:
         return None
     setting = declared_limit(app, endpoint, request.method)
     if setting is not None:
-        return f"{endpoint}:{ip_key()}", _rule(cfg, setting)
+        return route_hit(cfg, setting)
     if caller_subject():
         return f"api:{client_key()}", _rule(cfg, "RATELIMIT_AUTHENTICATED")
     return f"api:{client_key()}", _rule(cfg, "RATELIMIT_ANONYMOUS")
+
+
+def route_hit(cfg: Any, setting: str) -> tuple[str, Rule]:
+    """(key, rule) of a declared limit: keyed by the setting, so every door to the same action
+    (a REST route, a GraphQL mutation) draws on one budget per client IP."""
+    return f"{setting}:{ip_key()}", _rule(cfg, setting)
+
+
+def charge(app: Flask, setting: str) -> Window | None:
+    """Take one hit on a declared limit inside a handler (a GraphQL mutation doing what a limited
+    route does); returns the window when it refused the hit (the caller raises RateLimited with
+    its headers), None when admitted or limits are off."""
+    if not app.config.get("RATELIMIT_ENABLED", True):
+        return None
+    window, _ = app.extensions["rate_limiter"].round_trip(route_hit(app.config, setting), [])
+    if window is None or window.admitted:
+        return None
+    on_breach(window)
+    return window
 
 
 def on_breach(window: Window) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -73,6 +73,8 @@ class PageParams:
     cursor: str | None = None
     # Lists longer than this report an estimated total (PostgreSQL only); 0 = always count.
     exact_count_limit: int = DEFAULT_EXACT_COUNT_LIMIT
+    # False: the first page in keyset mode (no `page`, no count), as a cursor connection asks.
+    offset: bool = True
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> PageParams:
@@ -96,6 +98,8 @@ class Page(Generic[T]):
     page: int | None = None
     total: int | None = None
     total_is_estimate: bool = False
+    # The cursor that continues after a given item of this page (a connection's edge cursor).
+    cursor_of: Callable[[T], str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def has_next(self) -> bool:
@@ -174,13 +178,14 @@ def paginate(
     per_page = params.per_page
     page_total: int | None = None
     estimated = False
-    if params.cursor is not None:
-        created_at, row_id = codec.decode(scope, params.cursor)
-        position = sa.tuple_(
-            sa.literal(created_at, created_col.type), sa.literal(row_id, id_col.type)
-        )
-        keys = sa.tuple_(created_col, id_col)
-        ordered = ordered.where(keys > position if ascending else keys < position)
+    if params.cursor is not None or not params.offset:
+        if params.cursor is not None:
+            created_at, row_id = codec.decode(scope, params.cursor)
+            position = sa.tuple_(
+                sa.literal(created_at, created_col.type), sa.literal(row_id, id_col.type)
+            )
+            keys = sa.tuple_(created_col, id_col)
+            ordered = ordered.where(keys > position if ascending else keys < position)
         rows = list(session.scalars(ordered.limit(per_page + 1)))
         page_no = None
     else:
@@ -191,18 +196,38 @@ def paginate(
         else:
             base = count_stmt if count_stmt is not None else stmt
             page_total, estimated = count_total(session, base, params.exact_count_limit)
+    return page_of(
+        rows,
+        per_page,
+        cursor_of=lambda row: codec.encode(
+            scope, getattr(row, created_col.key), getattr(row, id_col.key)
+        ),
+        page=page_no,
+        total=page_total,
+        total_is_estimate=estimated,
+    )
+
+
+def page_of(
+    rows: list[T],
+    per_page: int,
+    *,
+    cursor_of: Callable[[T], str],
+    page: int | None = None,
+    total: int | None = None,
+    total_is_estimate: bool = False,
+) -> Page[T]:
+    """A page from up to `per_page + 1` rows fetched in order (the extra one says there is more)."""
     items = rows[:per_page]
-    next_cursor = None
-    if len(rows) > per_page:
-        last = items[-1]
-        next_cursor = codec.encode(scope, getattr(last, created_col.key), getattr(last, id_col.key))
+    next_cursor = cursor_of(items[-1]) if len(rows) > per_page else None
     return Page(
         items=items,
         per_page=per_page,
         next_cursor=next_cursor,
-        page=page_no,
-        total=page_total,
-        total_is_estimate=estimated,
+        page=page,
+        total=total,
+        total_is_estimate=total_is_estimate,
+        cursor_of=cursor_of,
     )
 
 

@@ -3,7 +3,8 @@
     before (one before_request hook)
       1. start         one timer; a new server request id (logs, events, tasks); the client's
                        X-Request-ID, when well-formed, kept beside it (and echoed)
-      2. hygiene       URI length (414), body size (413) and type (415)
+      2. hygiene       URI length (414), body size (413) and type (415: JSON, or a form for a
+                       view declared @form_body)
       3. identify      the registered identifier (app/auth/guard.py) reads the bearer token once:
                        signature and expiry, no I/O; the caller's subject keys limit and log
       4. limit + reads ONE Redis round trip: the caller's rate-limit hit, which returns its window
@@ -24,7 +25,8 @@
      11. security      security headers, CSP, HSTS, Cache-Control default
      12. compress      br/gzip of JSON bodies, our ETag kept
      13. request id    X-Request-ID
-     14. record        the access line and the metrics, from the one timer
+     14. record        the access line and the metrics, from the one timer (with the operation's
+                       name and type when the handler named one: GraphQL, app/graphql/)
 
 A flood of revoked tokens is still throttled before anything refuses them: the blocklist reply
 arrives with the limit's, but a refused hit answers 429 before the view's check runs.
@@ -51,7 +53,7 @@ from app.core.errors import (
     UnsupportedMediaType,
     UriTooLong,
 )
-from app.core.metrics import UNMATCHED_ROUTE, record_request
+from app.core.metrics import UNMATCHED_ROUTE, operation_label, record_operation, record_request
 from app.core.security import Principal
 
 log = logging.getLogger("app.access")
@@ -60,6 +62,8 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # gunicorn's own request-line limit is off (its 414 would be HTML); this one answers in JSON.
 MAX_URI_BYTES = 8192
 IDENTIFIER = "pipeline.identifier"  # app.extensions key
+FORM_BODY_ATTR = "accepts_form_body"
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 class Caller(Protocol):
@@ -128,8 +132,32 @@ def identify_with(app: Flask, identifier: Identifier) -> None:
     app.extensions[IDENTIFIER] = identifier
 
 
+def form_body(view: Any) -> Any:
+    """Declare that a view takes an HTML form's body (application/x-www-form-urlencoded) where
+    every other route takes JSON: the OAuth endpoints (RFC 6749) and the consent page's forms.
+    Step 2 lets exactly these through; every other rule of the pipeline still applies."""
+    setattr(view, FORM_BODY_ATTR, True)
+    return view
+
+
+def _takes_form() -> bool:
+    if request.mimetype != FORM_TYPE or request.endpoint is None:
+        return False
+    view = current_app.view_functions.get(request.endpoint)
+    view_class = getattr(view, "view_class", None)
+    handler = getattr(view_class, request.method.lower(), None) if view_class else view
+    return bool(getattr(handler, FORM_BODY_ATTR, False))
+
+
 def current_caller() -> Caller | None:
     return g.get("caller")
+
+
+def name_operation(name: str | None, kind: str) -> None:
+    """What a route that carries several operations (GraphQL) runs this time: the finish step
+    puts it on the access line and in the operation metrics. `name` is the client's (None:
+    anonymous); `kind` query, mutation, ..."""
+    g.operation = (name, kind)
 
 
 # --- before -------------------------------------------------------------------------------------
@@ -196,7 +224,7 @@ def _check_body() -> None:
     if limit is not None and _body_exceeds(limit):
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
     # An unknown route or method is a 404/405 whatever the body: routing answers first.
-    if request.routing_exception is None and not request.is_json:
+    if request.routing_exception is None and not request.is_json and not _takes_form():
         raise UnsupportedMediaType()
 
 
@@ -234,6 +262,9 @@ def _record(request_id: str, status: int) -> None:
     rule = request.url_rule
     route = rule.rule if rule is not None else None
     record_request(request.method, route or UNMATCHED_ROUTE, status, seconds)
+    operation = g.get("operation")
+    if operation is not None:
+        record_operation(route or UNMATCHED_ROUTE, operation[0], operation[1], status, seconds)
     if log.isEnabledFor(logging.INFO):
         caller = g.get("caller")
         client_id = g.get("client_request_id")
@@ -246,6 +277,9 @@ def _record(request_id: str, status: int) -> None:
             "duration_ms": round(seconds * 1000, 2) if seconds is not None else None,
             "user_id": caller.subject if caller is not None else None,
         }
+        if operation is not None:
+            fields["operation"] = operation_label(operation[0])
+            fields["operation_type"] = operation[1]
         if client_id:
             fields["server_request_id"] = request_id  # the id this request's events carry
         # log.info without its caller lookup (a stack walk per request): the access line carries

@@ -153,3 +153,12 @@ def envelope_schema(name: str, item: type[ma.Schema], *, many: bool = False) -> 
     if many:
         fields["meta"] = ma.fields.Nested(PageMetaSchema, required=True)
     return ma.Schema.from_dict(fields, name=name)
+
+
+class JsonBoolean(ma.fields.Boolean):
+    """true or false, as JSON spells them (not "yes", 1 or "on")."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ma.ValidationError("Must be true or false.")
+        return value

@@ -9,6 +9,27 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 ADMIN_SCOPE = "admin"
+# What a token may do for its user (contract §9); a first-party login carries all of them.
+PROFILE_SCOPE = "profile"  # read the own user with their email
+USERS_WRITE_SCOPE = "users:write"
+POSTS_WRITE_SCOPE = "posts:write"
+DRAFTS_READ_SCOPE = "drafts:read"
+WEBHOOKS_SCOPE = "webhooks"
+USER_SCOPES: tuple[str, ...] = (
+    PROFILE_SCOPE,
+    USERS_WRITE_SCOPE,
+    POSTS_WRITE_SCOPE,
+    DRAFTS_READ_SCOPE,
+    WEBHOOKS_SCOPE,
+)
+SCOPE_WORDS: dict[str, str] = {  # the consent page and the docs say what each allows
+    PROFILE_SCOPE: "See your profile, including your email address",
+    USERS_WRITE_SCOPE: "Change or delete your account",
+    POSTS_WRITE_SCOPE: "Write, change and delete your posts",
+    DRAFTS_READ_SCOPE: "Read your unpublished drafts",
+    WEBHOOKS_SCOPE: "Manage your webhooks",
+    ADMIN_SCOPE: "Act as an administrator",
+}
 
 
 class Passwords:
@@ -77,3 +98,14 @@ class Principal:
 
     def may_act_for(self, owner_id: int) -> bool:
         return self.is_admin or self.owns(owner_id)
+
+    def has(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    def sees_private_of(self, owner_id: int) -> bool:
+        """The email and history of a user: an admin, or the user with the `profile` scope."""
+        return self.is_admin or (self.owns(owner_id) and self.has(PROFILE_SCOPE))
+
+    def sees_drafts_of(self, owner_id: int) -> bool:
+        """Drafts (and post history): an admin, or their author with the `drafts:read` scope."""
+        return self.is_admin or (self.owns(owner_id) and self.has(DRAFTS_READ_SCOPE))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, contains_eager
 
 from app.core.db import INCLUDE_DELETED
-from app.core.pagination import CursorCodec, Page, PageParams, count_total, paginate
+from app.core.pagination import CursorCodec, Page, PageParams, count_total, page_of, paginate
 from app.posts.models import Post
 from app.users.models import User
 
@@ -83,10 +83,58 @@ class PostRepository:
             sort_columns=(Post.created_at, Post.id),
             params=params,
             codec=codec,
-            scope=f"user-posts:{author.public_id}:{int(include_drafts)}",
+            scope=_author_scope(author.public_id, include_drafts=include_drafts),
             count_stmt=count,
             total=total,
         )
+
+    def first_pages_by_authors(
+        self,
+        authors: Sequence[tuple[int, uuid.UUID]],
+        per_page: int,
+        codec: CursorCodec,
+        *,
+        drafts_of: Collection[int],
+    ) -> dict[int, Page[Post]]:
+        """The first keyset page of each author's live posts, in ONE query (a window function
+        numbers each author's posts newest first): what `page_by_author` gives for each, the
+        same cursors included. `authors` are (id, public id); `drafts_of` the ids whose drafts
+        the caller may see."""
+        ids = [author_id for author_id, _ in authors]
+        if not ids:
+            return {}
+        rank = (
+            sa.func.row_number()
+            .over(partition_by=Post.author_id, order_by=(Post.created_at.desc(), Post.id.desc()))
+            .label("rank")
+        )
+        visible = Post.status == "published"
+        if drafts_of:
+            visible = sa.or_(visible, Post.author_id.in_(list(drafts_of)))
+        numbered = (
+            sa.select(Post.id.label("post_id"), rank)
+            .where(Post.author_id.in_(ids), visible)
+            .subquery()
+        )
+        stmt = (
+            self._with_author()
+            .join(numbered, numbered.c.post_id == Post.id)
+            .where(numbered.c.rank <= per_page + 1)
+            .order_by(Post.author_id, numbered.c.rank)
+        )
+        rows: dict[int, list[Post]] = {author_id: [] for author_id in ids}
+        for post in self.session.scalars(stmt):
+            rows[post.author_id].append(post)
+        return {
+            author_id: page_of(
+                rows[author_id],
+                per_page,
+                cursor_of=_cursor_for(
+                    codec, _author_scope(public_id, include_drafts=author_id in drafts_of)
+                ),
+            )
+            for author_id, public_id in authors
+        }
 
     @staticmethod
     def _by_author_count(author_id: int, *, include_drafts: bool) -> sa.Select[Any]:
@@ -112,3 +160,12 @@ class PostRepository:
             .execution_options(synchronize_session=False)
         )
         return [(row.public_id, row.version) for row in result]
+
+
+def _author_scope(public_id: uuid.UUID, *, include_drafts: bool) -> str:
+    """The cursor scope of an author's list (a cursor of one list is refused by another)."""
+    return f"user-posts:{public_id}:{int(include_drafts)}"
+
+
+def _cursor_for(codec: CursorCodec, scope: str) -> Callable[[Post], str]:
+    return lambda post: codec.encode(scope, post.created_at, post.id)

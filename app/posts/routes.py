@@ -22,7 +22,7 @@ from app.core.history_http import (
 from app.core.http import if_match, listing_json, page_params, single_json
 from app.core.idempotency import idempotent
 from app.core.pagination import PageArgsSchema
-from app.core.security import Principal
+from app.core.security import DRAFTS_READ_SCOPE, POSTS_WRITE_SCOPE, Principal
 from app.extensions import api
 from app.posts.cache import POST_KIND, anonymous_view
 from app.posts.models import Post
@@ -127,7 +127,7 @@ class UserPosts(MethodView):
     @blp.response(201, PostEnvelopeSchema, headers={"Location": {"schema": {"type": "string"}}})
     @operation(blp, "createPost", security=BEARER_AUTH, links={201: POST_LINKS})
     @errors_doc(blp, 400, 401, 403, 404, 413, 415)
-    @authenticated()
+    @authenticated(scope=POSTS_WRITE_SCOPE)
     @blp.arguments(PostCreateSchema, example=POST_EXAMPLE)
     def post(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
         """Create a post as this user."""
@@ -158,7 +158,7 @@ class PostItem(MethodView):
         blp, "replacePost", security=BEARER_AUTH, links={200: POST_LINKS}, conditional="write"
     )
     @errors_doc(blp, *WRITE_ERRORS)
-    @authenticated()
+    @authenticated(scope=POSTS_WRITE_SCOPE)
     @blp.arguments(PostPutSchema, example=POST_EXAMPLE)
     def put(self, data: dict[str, Any], post_id: uuid.UUID) -> Any:
         """Replace a post (title, body and status required)."""
@@ -168,7 +168,7 @@ class PostItem(MethodView):
     @blp.response(200, PostEnvelopeSchema)
     @operation(blp, "patchPost", security=BEARER_AUTH, links={200: POST_LINKS}, conditional="write")
     @errors_doc(blp, *WRITE_ERRORS)
-    @authenticated()
+    @authenticated(scope=POSTS_WRITE_SCOPE)
     @blp.arguments(PostPatchSchema, example={"status": "draft"})
     def patch(self, data: dict[str, Any], post_id: uuid.UUID) -> Any:
         """Change some of a post's fields."""
@@ -178,7 +178,7 @@ class PostItem(MethodView):
     @blp.response(204)
     @operation(blp, "deletePost", security=BEARER_AUTH, conditional="write")
     @errors_doc(blp, 401, 403, 404, 412, 413, 415)
-    @authenticated()
+    @authenticated(scope=POSTS_WRITE_SCOPE)
     def delete(self, post_id: uuid.UUID) -> Any:
         """Soft-delete a post."""
         service().delete(post_id, actor=require_principal(), if_match=if_match())
@@ -190,7 +190,7 @@ class PostEvents(MethodView):
     @blp.response(200, EventListEnvelopeSchema)
     @operation(blp, "listPostEvents", security=BEARER_AUTH, conditional="read")
     @errors_doc(blp, 400, 401, 403, 404)
-    @authenticated()
+    @authenticated(scope=DRAFTS_READ_SCOPE)
     @blp.arguments(PageArgsSchema, location="query", as_kwargs=True)
     def get(self, post_id: uuid.UUID, **args: Any) -> Any:
         """A post's audit trail: every write to it, oldest first (its author, admins)."""

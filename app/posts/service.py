@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -66,7 +66,9 @@ class PostService:
             if post is None:
                 raise NotFound("No such post.")
             snapshot = post_cache.fill(self.cache, post)
-        if snapshot.status == "draft" and not (viewer and viewer.may_act_for(snapshot.author_id)):
+        if snapshot.status == "draft" and not (
+            viewer and viewer.sees_drafts_of(snapshot.author_id)
+        ):
             raise NotFound("No such post.")
         return snapshot
 
@@ -131,7 +133,9 @@ class PostService:
     def get(self, public_id: uuid.UUID, *, viewer: Principal | None) -> Post:
         """A post the viewer may see; someone else's draft is as absent as a missing post."""
         post = self.posts.get(public_id)
-        if post is None or (post.status == "draft" and not _may_edit(viewer, post)):
+        if post is None or (
+            post.status == "draft" and not (viewer and viewer.sees_drafts_of(post.author_id))
+        ):
             raise NotFound("No such post.")
         return post
 
@@ -156,7 +160,7 @@ class PostService:
         author = self.users.get(author_public_id)
         if author is None:
             raise NotFound("No such user.")
-        drafts = viewer is not None and viewer.may_act_for(author.id)
+        drafts = viewer is not None and viewer.sees_drafts_of(author.id)
         return self.posts.page_by_author(
             author,
             params,
@@ -166,6 +170,16 @@ class PostService:
                 author, include_drafts=drafts, limit=params.exact_count_limit
             ),
         )
+
+    def first_pages(
+        self, authors: Sequence[tuple[int, uuid.UUID]], per_page: int, *, viewer: Principal | None
+    ) -> dict[int, Page[Post]]:
+        """The first page of each of these live authors' posts, in one query (a page of users
+        with their posts costs the same whatever its length): what `list_by_author` gives
+        each in keyset mode, drafts too where the viewer may see them. `authors` are (id,
+        public id) of users the caller has already read."""
+        drafts_of = {a for a, _ in authors if viewer is not None and viewer.sees_drafts_of(a)}
+        return self.posts.first_pages_by_authors(authors, per_page, self.codec, drafts_of=drafts_of)
 
     # History ---------------------------------------------------------------------------------
 
@@ -196,7 +210,7 @@ class PostService:
         post = self.posts.get_any(public_id)
         if post is None:
             raise NotFound("No such post.")
-        if not _may_edit(viewer, post):
+        if not viewer.sees_drafts_of(post.author_id):
             if post.status == "draft" or post.deleted_at is not None:
                 raise NotFound("No such post.")
             raise Forbidden("Only the author and admins may read a post's history.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, defer
@@ -19,6 +19,13 @@ class UserRepository:
 
     def get(self, public_id: uuid.UUID) -> User | None:
         return self.session.scalar(sa.select(User).where(User.public_id == public_id))
+
+    def get_many(self, public_ids: Collection[uuid.UUID]) -> list[User]:
+        """The live users among these ids, in one query."""
+        if not public_ids:
+            return []
+        stmt = sa.select(User).where(User.public_id.in_(list(public_ids)))
+        return list(self.session.scalars(stmt.options(defer(User.password_hash))))
 
     def get_any(self, public_id: uuid.UUID) -> User | None:
         """The user, soft-deleted or not (history outlives a delete)."""

@@ -29,7 +29,7 @@ from app.core.http import if_match, listing_json, page_params, single_json
 from app.core.idempotency import idempotent
 from app.core.limiting import client_ip, route_limit
 from app.core.pagination import PageArgsSchema
-from app.core.security import Principal
+from app.core.security import PROFILE_SCOPE, USERS_WRITE_SCOPE, Principal
 from app.users.cache import USER_KIND, UserSnapshot
 from app.users.models import User
 from app.users.representation import (
@@ -78,7 +78,7 @@ def service() -> UserService:
 def respond_snapshot(snapshot: UserSnapshot, cache: Cache) -> Any:
     """A single user from the cache-aside read; the email only for the user themself, admins."""
     viewer = current_principal()
-    if viewer is not None and viewer.may_act_for(snapshot.owner_id):
+    if viewer is not None and viewer.sees_private_of(snapshot.owner_id):
         view = with_email(snapshot.public, snapshot.email(cache))
         return single_json(view, snapshot.version, variant=PRIVATE)
     return single_json(snapshot.public, snapshot.version)
@@ -86,7 +86,7 @@ def respond_snapshot(snapshot: UserSnapshot, cache: Cache) -> Any:
 
 def public_read(data: dict[str, Any], viewer: Principal | None) -> dict[str, Any] | None:
     """A cached user as `viewer` sees it, or None when the view must add the email."""
-    if viewer is not None and viewer.may_act_for(data["owner"]):
+    if viewer is not None and viewer.sees_private_of(data["owner"]):
         return None
     return data["public"]
 
@@ -170,7 +170,7 @@ class UserItem(MethodView):
         blp, "replaceUser", security=BEARER_AUTH, links={200: USER_LINKS}, conditional="write"
     )
     @errors_doc(blp, *WRITE_ERRORS)
-    @authenticated()
+    @authenticated(scope=USERS_WRITE_SCOPE)
     @blp.arguments(UserPutSchema, example=USER_EXAMPLE)
     def put(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
         """Replace a user's profile (every mutable field required)."""
@@ -180,7 +180,7 @@ class UserItem(MethodView):
     @blp.response(200, UserEnvelopeSchema)
     @operation(blp, "patchUser", security=BEARER_AUTH, links={200: USER_LINKS}, conditional="write")
     @errors_doc(blp, *WRITE_ERRORS)
-    @authenticated()
+    @authenticated(scope=USERS_WRITE_SCOPE)
     @blp.arguments(UserPatchSchema, example={"display_name": "Countess of Lovelace"})
     def patch(self, data: dict[str, Any], user_id: uuid.UUID) -> Any:
         """Change some of a user's fields."""
@@ -190,7 +190,7 @@ class UserItem(MethodView):
     @blp.response(204)
     @operation(blp, "deleteUser", security=BEARER_AUTH, conditional="write")
     @errors_doc(blp, 401, 403, 404, 412, 413, 415)
-    @authenticated()
+    @authenticated(scope=USERS_WRITE_SCOPE)
     def delete(self, user_id: uuid.UUID) -> Any:
         """Soft-delete a user and their posts; their email and username become free."""
         service().delete(user_id, actor=require_principal(), if_match=if_match())
@@ -202,7 +202,7 @@ class UserEvents(MethodView):
     @blp.response(200, EventListEnvelopeSchema)
     @operation(blp, "listUserEvents", security=BEARER_AUTH, conditional="read")
     @errors_doc(blp, 400, 401, 403, 404)
-    @authenticated()
+    @authenticated(scope=PROFILE_SCOPE)
     @blp.arguments(PageArgsSchema, location="query", as_kwargs=True)
     def get(self, user_id: uuid.UUID, **args: Any) -> Any:
         """A user's audit trail: every write to them, oldest first (the user themself, admins)."""
@@ -218,7 +218,8 @@ class Me(MethodView):
     @authenticated()
     @blp.arguments(AsOfArgsSchema, location="query", as_kwargs=True)
     def get(self, as_of: str | None = None) -> Any:
-        """The caller's own user; with `as_of`, as they were at that instant."""
+        """The caller's own user (the email with the `profile` scope); with `as_of`, as they
+        were at that instant."""
         if as_of is not None:
             return respond_as_of(require_principal().public_id, as_of)
         users = service()

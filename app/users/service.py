@@ -83,12 +83,16 @@ class UserService:
             raise NotFound("No such user.")
         return user
 
+    def many(self, public_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, User]:
+        """The live users among these ids, in one query (a page of posts' authors)."""
+        return {user.public_id: user for user in self.users.get_many(public_ids)}
+
     def list(self, params: PageParams) -> Page[User]:
         return self.users.page(params, self.codec)
 
     @staticmethod
     def email_visible(user: User, viewer: Principal | None) -> bool:
-        return viewer is not None and viewer.may_act_for(user.id)
+        return viewer is not None and viewer.sees_private_of(user.id)
 
     # History ---------------------------------------------------------------------------------
 
@@ -109,7 +113,7 @@ class UserService:
         user = self.users.get_any(public_id)
         if user is None:
             raise NotFound("No such user.")
-        if not viewer.may_act_for(user.id):
+        if not viewer.sees_private_of(user.id):
             if user.deleted_at is not None:
                 raise NotFound("No such user.")
             raise Forbidden("Only the user themself and admins may read a user's history.")

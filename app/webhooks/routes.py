@@ -13,6 +13,7 @@ from app.core.api import ApiBlueprint, errors_doc, link, operation
 from app.core.http import if_match, listing_json, page_params, single_json
 from app.core.idempotency import idempotent
 from app.core.pagination import PageArgsSchema
+from app.core.security import WEBHOOKS_SCOPE
 from app.webhooks.models import Webhook
 from app.webhooks.representation import created_webhook, public_delivery, public_webhook
 from app.webhooks.schemas import (
@@ -64,7 +65,7 @@ class WebhookCollection(MethodView):
     @blp.response(200, WebhookListEnvelopeSchema)
     @operation(blp, "listWebhooks", security=BEARER_AUTH)
     @errors_doc(blp, 400, 401, 403)
-    @authenticated()
+    @authenticated(scope=WEBHOOKS_SCOPE)
     @blp.arguments(WebhookListArgsSchema, location="query", as_kwargs=True)
     def get(self, all: bool = False, **args: Any) -> Any:
         """Your webhooks, newest first (offset or cursor pages); an admin's `?all=true` lists
@@ -78,7 +79,7 @@ class WebhookCollection(MethodView):
     )
     @operation(blp, "createWebhook", security=BEARER_AUTH, links={201: WEBHOOK_LINKS})
     @errors_doc(blp, 400, 401, 409, 413, 415)
-    @authenticated()
+    @authenticated(scope=WEBHOOKS_SCOPE)
     @blp.arguments(WebhookCreateSchema, example=WEBHOOK_EXAMPLE)
     def post(self, data: dict[str, Any]) -> Any:
         """Subscribe a URL to event types; the answer shows the signing secret, once. 409 when
@@ -99,7 +100,7 @@ class WebhookItem(MethodView):
     @blp.response(200, WebhookEnvelopeSchema)
     @operation(blp, "getWebhook", security=BEARER_AUTH, conditional="read")
     @errors_doc(blp, 401, 403, 404)
-    @authenticated()
+    @authenticated(scope=WEBHOOKS_SCOPE)
     def get(self, webhook_id: uuid.UUID) -> Any:
         """Get a webhook (its owner, admins); the secret is never shown again."""
         return respond(service().get(webhook_id, viewer=require_principal()))
@@ -109,7 +110,7 @@ class WebhookItem(MethodView):
         blp, "patchWebhook", security=BEARER_AUTH, links={200: WEBHOOK_LINKS}, conditional="write"
     )
     @errors_doc(blp, *WRITE_ERRORS)
-    @authenticated()
+    @authenticated(scope=WEBHOOKS_SCOPE)
     @blp.arguments(WebhookPatchSchema, example={"active": False})
     def patch(self, data: dict[str, Any], webhook_id: uuid.UUID) -> Any:
         """Change a webhook's url (checked again), events, description or active."""
@@ -119,7 +120,7 @@ class WebhookItem(MethodView):
     @blp.response(204)
     @operation(blp, "deleteWebhook", security=BEARER_AUTH, conditional="write")
     @errors_doc(blp, 401, 403, 404, 412)
-    @authenticated()
+    @authenticated(scope=WEBHOOKS_SCOPE)
     def delete(self, webhook_id: uuid.UUID) -> Any:
         """Delete a webhook: no more deliveries, and 404 from now on."""
         service().delete(webhook_id, actor=require_principal(), if_match=if_match())
@@ -131,7 +132,7 @@ class WebhookDeliveries(MethodView):
     @blp.response(200, DeliveryListEnvelopeSchema)
     @operation(blp, "listWebhookDeliveries", security=BEARER_AUTH)
     @errors_doc(blp, 400, 401, 403, 404)
-    @authenticated()
+    @authenticated(scope=WEBHOOKS_SCOPE)
     @blp.arguments(PageArgsSchema, location="query", as_kwargs=True)
     def get(self, webhook_id: uuid.UUID, **args: Any) -> Any:
         """A webhook's deliveries, newest first, each with every attempt (status code,
@@ -146,7 +147,7 @@ class WebhookDeliveryRetry(MethodView):
     @blp.response(202, DeliveryEnvelopeSchema)
     @operation(blp, "retryWebhookDelivery", security=BEARER_AUTH)
     @errors_doc(blp, 401, 403, 404, 409)
-    @authenticated()
+    @authenticated(scope=WEBHOOKS_SCOPE)
     def post(self, webhook_id: uuid.UUID, delivery_id: uuid.UUID) -> Any:
         """Send a dead-lettered delivery again with a fresh attempt budget (its owner, admins);
         409 unless it is dead, or while the webhook is disabled."""

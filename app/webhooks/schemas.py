@@ -8,7 +8,7 @@ import marshmallow as ma
 from marshmallow import validate as v
 
 from app.core.pagination import PageArgsSchema
-from app.core.schemas import StrictSchema, Text, envelope_schema
+from app.core.schemas import JsonBoolean, StrictSchema, Text, envelope_schema
 from app.webhooks.models import (
     ALL_EVENTS,
     DELIVERY_STATUSES,
@@ -71,15 +71,6 @@ def _description(**kw: Any) -> Text:
         metadata={"example": "Publish to the team chat."},
         **kw,
     )
-
-
-class JsonBoolean(ma.fields.Boolean):
-    """true or false, as JSON spells them (not "yes", 1 or "on")."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
-        if not isinstance(value, bool):
-            raise ma.ValidationError("Must be true or false.")
-        return value
 
 
 class WebhookCreateSchema(StrictSchema):

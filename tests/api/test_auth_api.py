@@ -16,6 +16,7 @@ import jwt
 import pytest
 from flask_jwt_extended import create_access_token, create_refresh_token
 
+from app.core.security import USER_SCOPES
 from tests import factories
 from tests.factories import PASSWORD, WRONG_KEY, b64url, bearer, claims_of, login, register
 from tests.support.assertions import assert_error
@@ -41,7 +42,7 @@ def set_admin(app: Any, user_id: str, value: bool) -> None:
 
 def issue(app: Any, identity: str, *, refresh: bool = False, **kwargs: Any) -> str:
     """A token signed with the app's real key, for claims the API would never issue."""
-    kwargs.setdefault("additional_claims", {"scope": []})
+    kwargs.setdefault("additional_claims", {"scope": list(USER_SCOPES)})
     with app.app_context():
         create = create_refresh_token if refresh else create_access_token
         return create(identity=identity, **kwargs)
@@ -185,7 +186,7 @@ def test_access_token_claims(account):
     assert isinstance(claims["exp"], int)
     assert claims["exp"] - claims["iat"] == account.tokens["expires_in"]
     assert abs(claims["iat"] - datetime.now(UTC).timestamp()) < 60
-    assert claims["scope"] == []
+    assert claims["scope"] == ["profile", "users:write", "posts:write", "drafts:read", "webhooks"]
     # The email and any internal key stay out of the token.
     assert account.email not in json.dumps(claims)
 

@@ -39,7 +39,9 @@ def test_users_create_then_login(app, client):
     import jwt
 
     claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
-    assert claims["scope"] == ["admin"]
+    assert claims["scope"] == [
+        "profile", "users:write", "posts:write", "drafts:read", "webhooks", "admin"
+    ]  # fmt: skip
 
 
 def test_users_create_prompts_for_password(app, client):

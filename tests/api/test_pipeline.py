@@ -300,7 +300,7 @@ def test_the_auth_blueprint_declares_its_responses_sensitive(app: Flask, account
     from app.core.http_security import SENSITIVE
 
     built = production_like(app)
-    assert built.extensions[SENSITIVE] == {"auth"}
+    assert built.extensions[SENSITIVE] == {"auth", "oauth", "oauth_server"}  # tokens, secrets
     client = built.test_client()
     body = {"email": account.email, "password": "correct horse battery"}
     response = client.post("/api/auth/login", json=body, headers={"Accept-Encoding": "gzip"})

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +57,20 @@ def flask(env: dict[str, str], *args: str, importtime: bool = False) -> subproce
     """`flask ARGS` as an operator runs it (FLASK_APP=wsgi, as .flaskenv and the Makefile set)."""
     command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "flask", *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+
+
+def python_json(env: dict[str, str], code: str, *args: str) -> Any:
+    """Run `code` in a fresh interpreter; the JSON it printed last."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
 
 
 def imported(stderr: str) -> set[str]:
@@ -139,16 +154,7 @@ def test_the_worker_loads_no_web_machinery(configured_env) -> None:
         f"print(json.dumps(sorted(m for m in {list(WEB_ONLY)!r} + ['app.core.idempotency'] "
         "if m in sys.modules)))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=configured_env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1]) == []
+    assert python_json(configured_env, code) == []
 
 
 def test_the_cli_app_migrates_with_every_table_of_the_web_app(configured_env) -> None:
@@ -166,16 +172,7 @@ def test_the_cli_app_migrates_with_every_table_of_the_web_app(configured_env) ->
     )
     tables = {}
     for role in ("cli", "web"):
-        result = subprocess.run(
-            [sys.executable, "-c", code, role],
-            cwd=ROOT,
-            env=configured_env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert result.returncode == 0, result.stderr
-        tables[role] = json.loads(result.stdout.splitlines()[-1])
+        tables[role] = python_json(configured_env, code, role)
     assert "users" in tables["web"]
     assert tables["cli"] == tables["web"]
 
@@ -199,16 +196,7 @@ def test_the_web_app_opens_no_connection_and_no_thread_as_it_is_built(configured
         "          if isinstance(o, sqlite3.Connection) and not pid_guarded(o)]\n"
         "print(json.dumps([pooled, len(sockets), len(sqlite), threading.active_count()]))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=configured_env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
-    pooled, sockets, sqlite, threads = json.loads(result.stdout.splitlines()[-1])
+    pooled, sockets, sqlite, threads = python_json(configured_env, code)
     assert (pooled, sockets, sqlite, threads) == (0, 0, 0, 1)
 
 

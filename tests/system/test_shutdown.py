@@ -105,6 +105,8 @@ def _timed(call: Callable[[], Any]) -> Callable[[], tuple[Any, float]]:
 # gunicorn ---------------------------------------------------------------------------------------
 
 
+# A timing drill (slow hashes must finish inside the graceful window): make test runs it alone.
+@pytest.mark.serial
 def test_sigterm_completes_in_flight_requests_refuses_new_ones_and_exits_zero(
     app: Flask, tmp_path: Path
 ) -> None:
