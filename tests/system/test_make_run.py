@@ -26,10 +26,13 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
+from pytest_httpserver import HTTPServer
+from standardwebhooks import Webhook as Verifier
 
 from tests.support.backends import REDIS_URL
 from tests.support.live import Http, free_port
 from tests.support.paths import ROOT
+from tests.support.webhook_delivery import receiver
 
 MAKE = shutil.which("make")
 pytestmark = pytest.mark.skipif(MAKE is None, reason="needs GNU make")
@@ -56,7 +59,11 @@ class MakeRun:
             "CACHE_DIR": str(directory / "cache"),
             "WEB_CONCURRENCY": "2",
             "CELERY_CONCURRENCY": "1",
+            "WEBHOOKS_CONCURRENCY": "2",
             "LOG_LEVEL": "INFO",
+            # The test's webhook receiver is plain http on loopback.
+            "WEBHOOKS_ALLOW_HTTP": "true",
+            "WEBHOOKS_ALLOW_PRIVATE": "true",
         }
         self.env.pop("PYTEST_CURRENT_TEST", None)
         self.broker = self.env.get("CELERY_BROKER_URL") or (
@@ -178,7 +185,15 @@ def _sleep_runs(run: MakeRun, token: str) -> int:
         return int(disk.get(key) or 0)
 
 
-def test_sigterm_stops_web_worker_and_beat_gracefully_mid_task(make_run: MakeRun) -> None:
+@pytest.fixture
+def hook_receiver() -> Iterator[HTTPServer]:
+    with receiver() as server:
+        yield server
+
+
+def test_sigterm_stops_web_worker_and_beat_gracefully_mid_task(
+    make_run: MakeRun, hook_receiver: HTTPServer
+) -> None:
     run = make_run
     assert run.proc is not None
     # Migrated, and everything lives in the temporary instance directory.
@@ -203,6 +218,15 @@ def test_sigterm_stops_web_worker_and_beat_gracefully_mid_task(make_run: MakeRun
         "Authorization": f"Bearer {body['data']['access_token']}",
         "X-Request-ID": request_id,
     }
+    # A webhook for the user's updates, delivered by the webhooks worker (its own queue).
+    hook_receiver.expect_request("/hook").respond_with_data("ok")
+    status, _, hook = run.http.call(
+        "POST",
+        "/api/webhooks",
+        {"url": hook_receiver.url_for("/hook"), "events": ["user.updated"]},
+        headers,
+    )
+    assert status == 201, hook
     assert (
         run.http.call("PATCH", f"/api/users/{user_id}", {"bio": "via make run"}, headers)[0] == 200
     )
@@ -222,6 +246,10 @@ def test_sigterm_stops_web_worker_and_beat_gracefully_mid_task(make_run: MakeRun
             for line in run.json_lines("worker.1")
         ),
     )
+    run.wait_for("the webhooks worker to deliver", lambda: len(hook_receiver.log) == 1)
+    (request, _), *_ = hook_receiver.log
+    delivered = Verifier(hook["data"]["secret"]).verify(request.get_data(), dict(request.headers))
+    assert delivered["data"]["changes"]["bio"] == "via make run"
     # The relay is a service process (a `flask` command, but not one for a terminal): JSON lines.
     assert any(line.get("event") == "outbox_relay_started" for line in run.json_lines("relay.1"))
 
