@@ -31,6 +31,7 @@ from urllib3.exceptions import (
     ReadTimeoutError,
     SSLError,
 )
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from app.core.ssrf import Resolver, Target, UnsafeTarget, check_target
 
@@ -129,7 +130,7 @@ def _post_to(
         return None if _refused(exc) else Outcome(None, _ms_since(started), _describe(exc))
     except (ConnectTimeoutError, ReadTimeoutError, TimeoutError):
         return Outcome(None, _ms_since(started), f"timed out after {policy.timeout:g} s")
-    except (SSLError, ssl.SSLError) as exc:
+    except (SSLError, ssl.SSLError, CertificateError) as exc:
         return Outcome(None, _ms_since(started), _clip(f"TLS failed: {exc}"))
     except (ProtocolError, OSError, ValueError) as exc:
         if time.monotonic() >= deadline:

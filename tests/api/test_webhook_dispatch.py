@@ -7,6 +7,7 @@ huge answers). The same code under a real Celery worker: tests/system/test_webho
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -363,3 +364,78 @@ def test_a_predecessor_fanned_out_while_disabled_does_not_hold_the_next(
         result = run_drain(hooks_app, hook)
         assert result.delivered == 1
         assert [d["event_id"] for d in deliveries(hooks_app, hook)] == [second["id"]]
+
+
+def self_signed(tmp_path: Any, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(the server's context, a client context trusting only it) for a certificate of `name`."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return server, client
+
+
+@pytest.mark.parametrize(("certified", "ok"), [("hooks.example.test", True), ("other.test", False)])
+def test_https_connects_to_the_checked_address_and_verifies_the_host_name(
+    tmp_path: Any, certified: str, ok: bool
+) -> None:
+    """The socket goes to the address the check resolved (127.0.0.1 here), while TLS checks
+    the certificate against the URL's host name (SNI too) and Host: names it."""
+    from pytest_httpserver import HTTPServer
+
+    server_context, client_context = self_signed(tmp_path, certified)
+    server = HTTPServer(host="127.0.0.1", port=0, ssl_context=server_context)
+    server.expect_request("/in").respond_with_data("ok")
+    server.start()
+    try:
+
+        def pinned(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
+            assert host == "hooks.example.test"
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+        policy = outbound.Policy(
+            timeout=5, max_response_bytes=1024, allow_private=True, ssl_context=client_context
+        )
+        url = f"https://hooks.example.test:{server.port}/in"
+        outcome = outbound.post(url, b"{}", {}, policy, resolve=pinned)
+    finally:
+        server.stop()
+    if ok:
+        assert (outcome.status_code, outcome.error) == (200, None)
+        (request, _), *_ = server.log
+        assert request.headers["Host"] == f"hooks.example.test:{server.port}"
+    else:
+        assert outcome.status_code is None
+        assert outcome.error is not None
+        assert outcome.error.startswith("TLS failed")
+        assert server.log == []
