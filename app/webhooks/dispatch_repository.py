@@ -256,18 +256,34 @@ def record_attempt(session: Session, record: AttemptRecord) -> None:
     )
 
 
+def _waiting(now: datetime) -> Any:
+    """A pending delivery of the same webhook in its backoff: only a head is ever attempted, so
+    that is the head of the line, and nothing of that webhook is due before it."""
+    waiting = sa.alias(WebhookDelivery.__table__, "waiting")
+    return sa.exists().where(
+        waiting.c.webhook_id == Webhook.id,
+        waiting.c.status == PENDING,
+        waiting.c.next_attempt_at > now,
+    )
+
+
+def _due(now: datetime) -> Any:
+    return sa.and_(
+        WebhookDelivery.status == PENDING,
+        sa.or_(WebhookDelivery.next_attempt_at.is_(None), WebhookDelivery.next_attempt_at <= now),
+    )
+
+
 def has_due(session: Session, public_id: uuid.UUID, now: datetime) -> bool:
-    """Whether the live, active webhook has a pending delivery due now (one indexed probe)."""
+    """Whether the live, active webhook has a delivery due now and no head in its backoff."""
     found = session.scalar(
         sa.select(WebhookDelivery.id)
         .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
         .where(
             Webhook.public_id == public_id,
             Webhook.active.is_(True),
-            WebhookDelivery.status == PENDING,
-            sa.or_(
-                WebhookDelivery.next_attempt_at.is_(None), WebhookDelivery.next_attempt_at <= now
-            ),
+            _due(now),
+            ~_waiting(now),
         )
         .limit(1)
     )
@@ -275,23 +291,14 @@ def has_due(session: Session, public_id: uuid.UUID, now: datetime) -> bool:
 
 
 def due_webhooks(session: Session, now: datetime, *, limit: int = 1000) -> list[uuid.UUID]:
-    """Live, active webhooks with a pending delivery due now (the sweep's list)."""
-    due = (
-        sa.select(WebhookDelivery.webhook_id)
-        .where(
-            WebhookDelivery.status == PENDING,
-            sa.or_(
-                WebhookDelivery.next_attempt_at.is_(None), WebhookDelivery.next_attempt_at <= now
-            ),
-        )
-        .distinct()
-        .subquery()
-    )
+    """Live, active webhooks of live owners with a delivery due now and no head in its backoff
+    (the sweep's list)."""
+    due = sa.select(WebhookDelivery.webhook_id).where(_due(now)).distinct().subquery()
     query = (
         sa.select(Webhook.public_id)
         .join(due, due.c.webhook_id == Webhook.id)
         .join(User, User.id == Webhook.owner_id)
-        .where(Webhook.active.is_(True))
+        .where(Webhook.active.is_(True), ~_waiting(now))
         .limit(limit)
     )
     return list(session.scalars(query))

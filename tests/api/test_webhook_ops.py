@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from celery import Celery
 from flask import Flask
 
+from app.core.db import utcnow
+from app.extensions import db
 from app.webhooks.breakers import breakers
 from app.webhooks.dispatch import due_targets
 from app.webhooks.drain_lease import drain_leases, lease_name
 from app.webhooks.fanout import fan_out
+from app.webhooks.models import Webhook, WebhookDelivery
 from tests.factories import Account
 from tests.support.metrics import scrape, value
 from tests.support.webhook_delivery import FAST_WEBHOOKS, feed_since, last_event_id, make_webhook
@@ -61,10 +66,22 @@ def test_the_sweep_picks_due_targets_not_held_nor_open(hooks_app: Flask, account
     held, _ = make_webhook(hooks_app, account.id, url)
     tripped, _ = make_webhook(hooks_app, account.id, url)
     _idle, _ = make_webhook(hooks_app, account.id, url, events=("user.deleted",))
+    backing_off, _ = make_webhook(hooks_app, account.id, url)
     since = last_event_id(hooks_app)
     account.post_as("Swept")
+    account.post_as("Behind it")
     with hooks_app.app_context():
         fan_out(feed_since(hooks_app, since))
+        # Its head failed once and waits a minute: the delivery behind it is not due before.
+        head = db.session.scalars(
+            sa.select(WebhookDelivery)
+            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+            .where(Webhook.public_id == uuid.UUID(backing_off))
+            .order_by(WebhookDelivery.id)
+        ).first()
+        assert head is not None
+        head.attempts, head.next_attempt_at = 1, utcnow() + timedelta(minutes=1)
+        db.session.commit()
         leases = drain_leases()
         assert leases.acquire(lease_name(held), "another-drain", 30)
         breakers().breaker(tripped).open()
@@ -73,4 +90,5 @@ def test_the_sweep_picks_due_targets_not_held_nor_open(hooks_app: Flask, account
         finally:
             leases.release(lease_name(held), "another-drain")
             breakers().breaker(tripped).close()
-    assert picked == {due}  # held: a drain runs; tripped: waits; idle: nothing pending
+    # held: a drain runs; tripped: waits; idle: nothing pending; backing off: its head waits
+    assert picked == {due}
