@@ -29,7 +29,9 @@ from tests.support.workers import broker_settings, forget_queue
 @pytest.fixture
 def hooks_app(make_app: Callable[..., Flask], tmp_path: Path) -> Flask:
     queue = f"pbtest-hooks-{uuid.uuid4().hex[:8]}"
-    return make_app(**FAST_WEBHOOKS, **broker_settings(tmp_path), WEBHOOKS_QUEUE=queue)
+    # A long open time: pybreaker's Redis storage keeps when it opened in whole seconds.
+    settings = {**FAST_WEBHOOKS, "WEBHOOKS_BREAKER_RESET_SECONDS": 30}
+    return make_app(**settings, **broker_settings(tmp_path), WEBHOOKS_QUEUE=queue)
 
 
 def test_metrics_show_deliveries_breakers_and_the_webhooks_queue(
