@@ -12,6 +12,7 @@ reads "closed" and delivery carries on, guarded by its own timeouts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pybreaker
+import redis
 
 STATES = (pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN)
 _MAX_CACHED = 10_000  # breaker objects kept per process (each is a few keys' worth of state)
@@ -76,6 +78,24 @@ class DiskBreakerStorage(pybreaker.CircuitBreakerStorage):
         self.cache.set(self._key("opened_at"), now.timestamp())
 
 
+class RedisBreakerStorage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage, keeping when the breaker opened to the microsecond (its own
+    keeps whole seconds: an open time of a few seconds would end up to a second early)."""
+
+    @property
+    def opened_at(self) -> datetime | None:
+        try:
+            stamp = self._redis.get(self._namespace("opened_at"))
+        except redis.RedisError:
+            return None
+        return datetime.fromtimestamp(float(stamp), tz=UTC) if stamp else None
+
+    @opened_at.setter
+    def opened_at(self, now: datetime) -> None:
+        with contextlib.suppress(redis.RedisError):  # pybreaker's own storage logs and goes on
+            self._redis.set(self._namespace("opened_at"), repr(now.timestamp()))
+
+
 class SharedBreakers:
     """The breakers of one kind of target (`prefix`), one per key, state shared by processes."""
 
@@ -118,9 +138,7 @@ class SharedBreakers:
         namespace = f"{self.prefix}:{key}"
         client = self._redis()
         if client is not None:
-            return pybreaker.CircuitRedisStorage(
-                pybreaker.STATE_CLOSED, client, namespace=namespace
-            )
+            return RedisBreakerStorage(pybreaker.STATE_CLOSED, client, namespace=namespace)
         return DiskBreakerStorage(self._disk_cache(), namespace)
 
     def _redis(self) -> Any:

@@ -29,7 +29,7 @@ from tests.support.workers import broker_settings, forget_queue
 @pytest.fixture
 def hooks_app(make_app: Callable[..., Flask], tmp_path: Path) -> Flask:
     queue = f"pbtest-hooks-{uuid.uuid4().hex[:8]}"
-    # A long open time: pybreaker's Redis storage keeps when it opened in whole seconds.
+    # An open time that outlasts the test, however slow the machine.
     settings = {**FAST_WEBHOOKS, "WEBHOOKS_BREAKER_RESET_SECONDS": 30}
     return make_app(**settings, **broker_settings(tmp_path), WEBHOOKS_QUEUE=queue)
 
