@@ -106,12 +106,14 @@ def register_domains(app: Flask) -> None:
     from app.posts import backfills as post_backfills
     from app.posts import cache as post_cache
     from app.users import cache as user_cache
+    from app.webhooks import breakers as webhook_breakers
 
     register_event_handlers(app)
     register_feed_consumers(app)
     user_cache.register(app)
     post_cache.register(app)
     post_backfills.register(app)
+    webhook_breakers.register(app)  # their states in /metrics
 
 
 def register_celery(app: Flask, role: Role) -> None:

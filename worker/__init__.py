@@ -15,7 +15,14 @@ from celery.signals import setup_logging
 from flask import Flask
 
 from worker import metrics as _task_metrics  # noqa: F401  # connects the task-metric signals
-from worker.tasks import backfill, cache, feed, health, maintenance  # noqa: F401  # registers the tasks
+from worker.tasks import (  # noqa: F401  # registers the tasks
+    backfill,
+    cache,
+    feed,
+    health,
+    maintenance,
+    webhooks,
+)
 
 
 def make_celery(flask_app: Flask) -> Celery:

@@ -59,6 +59,9 @@ class DedupeStore(Protocol):
     def release(self, keys: Sequence[str]) -> None:
         """Forget the keys (a failed run: the retry claims them again)."""
 
+    def peek(self, keys: Sequence[str]) -> list[str | None]:
+        """Each key's value (DONE, a pending claim) or None, changing nothing."""
+
 
 class RedisDedupe:
     def __init__(self, client: Any) -> None:
@@ -85,6 +88,10 @@ class RedisDedupe:
     def release(self, keys: Sequence[str]) -> None:
         if keys:
             self.client.delete(*keys)
+
+    def peek(self, keys: Sequence[str]) -> list[str | None]:
+        values = self.client.mget(list(keys)) if keys else []
+        return [v.decode() if isinstance(v, bytes) else v for v in values]
 
 
 class DiskDedupe:
@@ -113,6 +120,9 @@ class DiskDedupe:
         with self.cache.transact():
             for key in keys:
                 self.cache.delete(key)
+
+    def peek(self, keys: Sequence[str]) -> list[str | None]:
+        return [self.cache.get(key) for key in keys]
 
 
 _disk_stores: dict[str, DiskDedupe] = {}
@@ -177,6 +187,13 @@ def consume(events: Sequence[Mapping[str, Any]], *, delivery: str) -> Consumed:
         if result.duplicates[name]:
             FEED_DUPLICATES.labels(consumer=name).inc(result.duplicates[name])
     return result
+
+
+def processed(consumer: FeedConsumer, event_ids: Sequence[str]) -> list[bool]:
+    """Per event id, whether `consumer` has finished it (within FEED_DEDUPE_SECONDS): a
+    consumer's effects are committed before its done mark is set."""
+    keys = [f"{KEY_PREFIX}:{consumer_name(consumer)}:{event_id}" for event_id in event_ids]
+    return [value == DONE for value in dedupe_store().peek(keys)]
 
 
 def _consumers(table: FeedTable) -> list[FeedConsumer]:

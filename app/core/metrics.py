@@ -30,7 +30,7 @@ import contextlib
 import glob
 import hmac
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flask import Flask
@@ -139,6 +139,15 @@ EVENTS_BY_TYPE = Counter(
     ["type"],
     registry=None,
 )
+WEBHOOK_DELIVERIES = Counter(
+    "postboard_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered (2xx), failed (will be retried), dead "
+    "(dead-lettered after the last attempt), skipped_open (a drain found its target's breaker "
+    "open: its deliveries wait, no attempt made).",
+    ["outcome"],
+    registry=None,
+)
+WEBHOOK_OUTCOMES = ("delivered", "failed", "dead", "skipped_open")
 PROCESS_METRICS = (
     HTTP_REQUESTS,
     HTTP_LATENCY,
@@ -154,6 +163,7 @@ PROCESS_METRICS = (
     FEED_CONSUMED,
     FEED_DUPLICATES,
     EVENTS_BY_TYPE,
+    WEBHOOK_DELIVERIES,
 )
 
 
@@ -245,6 +255,8 @@ def zero_series(app: Flask, cache_kinds: Iterable[str]) -> None:
         CACHE_MISSES.labels(kind=kind)
     OUTBOX_PUBLISHED.labels(queue=app.config["OUTBOX_QUEUE"])
     OUTBOX_PUBLISH_FAILURES.labels(queue=app.config["OUTBOX_QUEUE"])
+    for outcome in WEBHOOK_OUTCOMES:
+        WEBHOOK_DELIVERIES.labels(outcome=outcome)
 
 
 _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -349,6 +361,16 @@ def authorize_scrape(authorization: str | None, token: str | None) -> None:
         raise ScrapeRefused("invalid")
 
 
+# A collector a domain adds to every scrape, built from the app's config (scrape-time reads).
+ScrapeCollector = Callable[[Mapping[str, Any]], Any]
+SCRAPE_COLLECTORS = "scrape_collectors"
+
+
+def register_scrape_collector(app: Flask, factory: ScrapeCollector) -> None:
+    """Add `factory(config)` to every scrape of `app` (e.g. a gauge read from a shared store)."""
+    app.extensions.setdefault(SCRAPE_COLLECTORS, []).append(factory)
+
+
 def render(config: dict[str, Any]) -> tuple[bytes, str]:
     """The exposition body and its content type, for this app's settings."""
     return generate_latest(build_registry(config)), CONTENT_TYPE
@@ -356,6 +378,8 @@ def render(config: dict[str, Any]) -> tuple[bytes, str]:
 
 def build_registry(config: dict[str, Any]) -> CollectorRegistry:
     """A fresh registry for one scrape: never the global one, so nothing leaks between apps."""
+    from flask import current_app, has_app_context
+
     registry = CollectorRegistry()
     web_dir = multiprocess_dir()
     if web_dir is not None:
@@ -363,8 +387,12 @@ def build_registry(config: dict[str, Any]) -> CollectorRegistry:
     else:
         for metric in PROCESS_METRICS:
             registry.register(metric)
-    registry.register(QueueDepthCollector(str(config.get("CELERY_BROKER_URL") or "")))
+    queues = [str(config[name]) for name in ("OUTBOX_QUEUE", "WEBHOOKS_QUEUE") if config.get(name)]
+    registry.register(QueueDepthCollector(str(config.get("CELERY_BROKER_URL") or ""), queues))
     registry.register(OutboxBacklogCollector())
+    if has_app_context():
+        for factory in current_app.extensions.get(SCRAPE_COLLECTORS, ()):
+            registry.register(factory(config))
     return registry
 
 

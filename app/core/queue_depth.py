@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -31,8 +31,9 @@ class QueueDepthCollector:
     series (absent rather than a made-up number); other brokers give neither.
     """
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, queues: Iterable[str] = ()) -> None:
         self.broker_url = broker_url
+        self.queues = tuple(queues)  # reported (0 when empty) even before anything declared them
 
     def collect(self) -> Iterator[Metric]:
         reader = _depth_reader(self.broker_url)
@@ -43,7 +44,9 @@ class QueueDepthCollector:
             "1 when the Celery broker answered the last queue-depth read, else 0.",
         )
         try:
-            depths = reader(self.broker_url)
+            depths = reader(self.broker_url, self.queues)
+            for queue in self.queues:
+                depths.setdefault(queue, 0)
         except Exception:  # any broker failure: the scrape still answers
             up.add_metric([], 0)
             yield up
@@ -80,7 +83,7 @@ def _is_work_queue(name: str) -> bool:
     )
 
 
-def redis_queue_depths(broker_url: str) -> dict[str, int]:
+def redis_queue_depths(broker_url: str, known: Iterable[str] = ()) -> dict[str, int]:
     """{queue: waiting messages} on a Redis broker."""
     from app.core.redis_client import get_redis
 
@@ -88,7 +91,7 @@ def redis_queue_depths(broker_url: str) -> dict[str, int]:
     if client is None:
         raise BrokerUnavailable("no broker URL")
     deadline = time.monotonic() + BROKER_TIMEOUT_SECONDS
-    queues = {DEFAULT_QUEUE}
+    queues = {DEFAULT_QUEUE, *known}
     for key in client.scan_iter(match="_kombu.binding.*", count=500):
         if time.monotonic() > deadline:
             raise BrokerUnavailable("queue discovery took too long")
@@ -112,7 +115,7 @@ def redis_queue_depths(broker_url: str) -> dict[str, int]:
 _engines: dict[str, Any] = {}
 
 
-def sqla_queue_depths(broker_url: str) -> dict[str, int]:
+def sqla_queue_depths(broker_url: str, known: Iterable[str] = ()) -> dict[str, int]:
     """{queue: undelivered messages} on kombu's SQLAlchemy broker (`sqla+<database url>`)."""
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool

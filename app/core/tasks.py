@@ -23,6 +23,9 @@ from app.core.redis_client import celery_transport_options
 
 DEFAULT_QUEUE = "celery"
 FEED_TASK = "events.feed"  # the relay's message: an ordered batch of event JSONs (app/core/feed.py)
+# Outbound deliveries: their own queue, consumed by a thread-pool worker of its own (a target
+# that takes 10 s holds one thread, not a prefork process the other tasks need).
+WEBHOOK_TASKS = "webhooks.*"
 
 # beat entry name -> (task name, the interval in seconds from the app's config)
 Schedule = Callable[[Mapping[str, Any]], float]
@@ -111,6 +114,7 @@ def celery_config(cfg: Mapping[str, Any], *, role: str = "web") -> dict[str, Any
         # connection's failover options); a worker keeps retrying its broker.
         broker_options.update(max_retries=1, interval_start=0, interval_step=0.2)
     feed_queue = str(cfg["OUTBOX_QUEUE"])
+    webhooks_queue = str(cfg.get("WEBHOOKS_QUEUE") or "webhooks")
     return {
         "broker_url": cfg["CELERY_BROKER_URL"],
         # A worker consumes both by default: tasks, and the event feed the outbox relay publishes
@@ -120,7 +124,11 @@ def celery_config(cfg: Mapping[str, Any], *, role: str = "web") -> dict[str, Any
             Queue(DEFAULT_QUEUE, Exchange(DEFAULT_QUEUE), routing_key=DEFAULT_QUEUE),
             Queue(feed_queue, Exchange(feed_queue), routing_key=feed_queue),
         ),
-        "task_routes": {FEED_TASK: {"queue": feed_queue}},
+        # Not in task_queues: a plain `celery worker` leaves it to the webhooks worker (-Q).
+        "task_routes": {
+            FEED_TASK: {"queue": feed_queue},
+            WEBHOOK_TASKS: {"queue": webhooks_queue},
+        },
         "result_backend": cfg["CELERY_RESULT_BACKEND"],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

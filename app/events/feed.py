@@ -3,7 +3,7 @@
 The outbox relay publishes every committed event, in commit order per aggregate, at least once;
 the worker's `events.feed` task hands each batch to `app.core.feed.consume`, which runs these
 consumers with deduplication by event id (each consumer sees an event once). Webhooks (issue
-#16) plug in here as one more entry; the cache write-through stays on the after-commit table
+#16) are one more entry (`fan_out`); the cache write-through stays on the after-commit table
 (app/events/handlers.py): it must follow a write within milliseconds, not a relay's poll.
 """
 
@@ -16,6 +16,7 @@ from flask import Flask
 
 from app.core.feed import FeedConsumer, register_feed_consumers
 from app.core.metrics import EVENTS_BY_TYPE
+from app.webhooks.fanout import fan_out
 
 
 def count_by_type(events: Sequence[Mapping[str, Any]]) -> None:
@@ -25,7 +26,8 @@ def count_by_type(events: Sequence[Mapping[str, Any]]) -> None:
 
 
 FEED_HANDLERS: dict[str, list[FeedConsumer]] = {
-    "*": [count_by_type],
+    # Webhooks: every event, matched against the subscriptions (app/webhooks/fanout.py).
+    "*": [count_by_type, fan_out],
 }
 
 

@@ -14,6 +14,7 @@ from flask import Flask
 from app.core.feed import DONE, FEED_KEY, KEY_PREFIX, consume, consumer_name, dedupe_store
 from app.core.metrics import EVENTS_BY_TYPE
 from app.events.feed import FEED_HANDLERS, count_by_type
+from app.webhooks.fanout import fan_out
 
 
 def feed_event(event_type: str = "post.created", version: int = 1) -> dict[str, Any]:
@@ -124,13 +125,14 @@ def test_the_dedupe_store_claims_atomically(app: Flask) -> None:
 def test_the_feed_task_counts_each_event_type_once(app: Flask) -> None:
     from worker.tasks.feed import feed
 
-    assert FEED_HANDLERS["*"] == [count_by_type]
+    assert FEED_HANDLERS["*"] == [count_by_type, fan_out]
     batch = [feed_event("post.deleted"), feed_event("post.deleted"), feed_event("user.deleted")]
     before = {
         t: EVENTS_BY_TYPE.labels(type=t)._value.get() for t in ("post.deleted", "user.deleted")
     }
     with app.app_context():
-        assert feed.apply(args=[batch]).get()["processed"] == {consumer_name(count_by_type): 3}
+        processed = feed.apply(args=[batch]).get()["processed"]
+        assert processed == {consumer_name(count_by_type): 3, consumer_name(fan_out): 3}
         feed.apply(args=[batch]).get()  # a duplicate delivery
     after = {t: EVENTS_BY_TYPE.labels(type=t)._value.get() for t in before}
     assert after["post.deleted"] - before["post.deleted"] == 2

@@ -20,6 +20,7 @@ from app.core.feed import DONE, KEY_PREFIX, consumer_name
 from app.core.redis_client import get_redis
 from app.events.feed import count_by_type
 from app.extensions import db
+from app.webhooks.fanout import fan_out
 from tests.factories import make_account
 from tests.support.backends import CACHE_DIR, REDIS_URL
 from tests.support.outbox import RelayProcess, committed_events, wait_until
@@ -84,17 +85,17 @@ def test_the_worker_consumes_the_feed_once_per_event(app: Flask, tmp_path: Path)
         again = [{"id": i, "type": "post.created", "aggregate": {}} for i in ids]
         producer.send_task("events.feed", args=[again], queue=queue)
         name = consumer_name(count_by_type)
+        every = Counter({name: len(ids), consumer_name(fan_out): len(ids)})  # each consumer
         wait_until(
             "the worker to skip the repeats",
             lambda: (
-                worker_counter(metrics_dir, "postboard_feed_duplicates_total", "consumer")
-                == Counter({name: len(ids)})
+                worker_counter(metrics_dir, "postboard_feed_duplicates_total", "consumer") == every
             ),
         )
         # Each event counted once by type, the repeats not at all.
         assert worker_counter(metrics_dir, "postboard_events_total", "type") == types
         consumed = worker_counter(metrics_dir, "postboard_feed_events_consumed_total", "consumer")
-        assert consumed == Counter({name: len(ids)})
+        assert consumed == every
         producer.close()
     finally:
         relay.stop()

@@ -1,6 +1,6 @@
-"""`make run` for real (contract §1): migrations, then web + worker + beat + the outbox relay
-under one supervisor (app/ops/supervisor.py, honcho's Manager), every output line prefixed by
-its process and interleaved; Ctrl-C or SIGTERM gives each a warm stop.
+"""`make run` for real (contract §1): migrations, then web + worker + beat + the webhooks worker +
+the outbox relay under one supervisor (app/ops/supervisor.py, honcho's Manager), every output
+line prefixed by its process and interleaved; Ctrl-C or SIGTERM gives each a warm stop.
 
 Each test runs `make run` in a temporary instance directory (the embedded default's SQLite
 database, broker and cache live there, never in the repo's instance/), or on the PostgreSQL and
@@ -26,18 +26,22 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
+from pytest_httpserver import HTTPServer
+from standardwebhooks import Webhook as Verifier
 
 from tests.support.backends import REDIS_URL
 from tests.support.live import Http, free_port
 from tests.support.paths import ROOT
+from tests.support.webhook_delivery import receiver
 
 MAKE = shutil.which("make")
 pytestmark = pytest.mark.skipif(MAKE is None, reason="needs GNU make")
-PREFIXED = re.compile(r"^\d\d:\d\d:\d\d (system|web\.1|worker\.1|beat\.1|relay\.1)\s*\| (.*)$")
+NAMES = r"system|web\.1|worker\.1|beat\.1|webhooks\.1|relay\.1"  # the supervised processes
+PREFIXED = re.compile(rf"^\d\d:\d\d:\d\d ({NAMES})\s*\| (.*)$")
 # honcho prints what it reads from a process in chunks: a chunk may end just before a line's
 # newline, and the next prefixed line is then glued to it. Lines start at each prefix.
-LINE_START = re.compile(r"(?=\d\d:\d\d:\d\d (?:system|web\.1|worker\.1|beat\.1|relay\.1)\s*\| )")
-PROCESSES = ("web.1", "worker.1", "beat.1", "relay.1")
+LINE_START = re.compile(rf"(?=\d\d:\d\d:\d\d (?:{NAMES})\s*\| )")
+PROCESSES = ("web.1", "worker.1", "beat.1", "webhooks.1", "relay.1")
 
 
 class MakeRun:
@@ -55,7 +59,11 @@ class MakeRun:
             "CACHE_DIR": str(directory / "cache"),
             "WEB_CONCURRENCY": "2",
             "CELERY_CONCURRENCY": "1",
+            "WEBHOOKS_CONCURRENCY": "2",
             "LOG_LEVEL": "INFO",
+            # The test's webhook receiver is plain http on loopback.
+            "WEBHOOKS_ALLOW_HTTP": "true",
+            "WEBHOOKS_ALLOW_PRIVATE": "true",
         }
         self.env.pop("PYTEST_CURRENT_TEST", None)
         self.broker = self.env.get("CELERY_BROKER_URL") or (
@@ -80,6 +88,9 @@ class MakeRun:
         self.wait_for("web to answer /health", self._web_up, timeout=120)
         self.wait_for("the worker to be ready", lambda: " ready." in self.said("worker.1"))
         self.wait_for("beat to start", lambda: "beat: Starting" in self.said("beat.1"))
+        self.wait_for(
+            "the webhooks worker to be ready", lambda: " ready." in self.said("webhooks.1")
+        )
         self.wait_for("the relay to start", lambda: "outbox_relay_started" in self.said("relay.1"))
         return self
 
@@ -174,7 +185,15 @@ def _sleep_runs(run: MakeRun, token: str) -> int:
         return int(disk.get(key) or 0)
 
 
-def test_sigterm_stops_web_worker_and_beat_gracefully_mid_task(make_run: MakeRun) -> None:
+@pytest.fixture
+def hook_receiver() -> Iterator[HTTPServer]:
+    with receiver() as server:
+        yield server
+
+
+def test_sigterm_stops_web_worker_and_beat_gracefully_mid_task(
+    make_run: MakeRun, hook_receiver: HTTPServer
+) -> None:
     run = make_run
     assert run.proc is not None
     # Migrated, and everything lives in the temporary instance directory.
@@ -199,6 +218,15 @@ def test_sigterm_stops_web_worker_and_beat_gracefully_mid_task(make_run: MakeRun
         "Authorization": f"Bearer {body['data']['access_token']}",
         "X-Request-ID": request_id,
     }
+    # A webhook for the user's updates, delivered by the webhooks worker (its own queue).
+    hook_receiver.expect_request("/hook").respond_with_data("ok")
+    status, _, hook = run.http.call(
+        "POST",
+        "/api/webhooks",
+        {"url": hook_receiver.url_for("/hook"), "events": ["user.updated"]},
+        headers,
+    )
+    assert status == 201, hook
     assert (
         run.http.call("PATCH", f"/api/users/{user_id}", {"bio": "via make run"}, headers)[0] == 200
     )
@@ -218,6 +246,10 @@ def test_sigterm_stops_web_worker_and_beat_gracefully_mid_task(make_run: MakeRun
             for line in run.json_lines("worker.1")
         ),
     )
+    run.wait_for("the webhooks worker to deliver", lambda: len(hook_receiver.log) == 1)
+    (request, _), *_ = hook_receiver.log
+    delivered = Verifier(hook["data"]["secret"]).verify(request.get_data(), dict(request.headers))
+    assert delivered["data"]["changes"]["bio"] == "via make run"
     # The relay is a service process (a `flask` command, but not one for a terminal): JSON lines.
     assert any(line.get("event") == "outbox_relay_started" for line in run.json_lines("relay.1"))
 

@@ -163,6 +163,28 @@ def test_the_relay_runs_as_in_the_procfile_with_its_counters_merged_by_the_web()
     assert relay["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
+def test_the_webhooks_worker_consumes_the_webhooks_queue_on_threads() -> None:
+    """As in the Procfile: its own queue (the default worker leaves it alone), a thread pool, and
+    its task metrics merged by the web like the other workers'."""
+    from app.core.tasks import celery_config
+    from app.settings import Settings
+
+    command = SERVICES["webhooks"]["command"]
+    assert command[:3] == ["nice", "-n", "10"]  # the request path first on a shared host
+    assert command[3:7] == ["celery", "-A", "worker", "worker"]
+    assert command[command.index("-Q") + 1] == Settings.from_env("testing").webhooks_queue
+    assert command[command.index("-P") + 1] == "threads"
+    config = celery_config(Settings.from_env("testing").to_flask_config())
+    assert "webhooks" not in {queue.name for queue in config["task_queues"]}
+    assert config["task_routes"]["webhooks.*"] == {"queue": "webhooks"}
+    web_merges = SERVICES["web"]["environment"]["CELERY_METRICS_DIR"]
+    assert SERVICES["webhooks"]["environment"]["PROMETHEUS_MULTIPROC_DIR"] == web_merges
+    procfile = (ROOT / "Procfile").read_text()
+    assert re.search(
+        r"^webhooks: .*exec nice -n 10 .*celery -A worker worker .*-P threads", procfile, re.M
+    )
+
+
 def test_dockerignore_keeps_secrets_and_dev_files_out_but_not_what_the_image_copies() -> None:
     patterns = [
         line.strip()

@@ -29,6 +29,7 @@ READ_ELSEWHERE = {
     "PROMETHEUS_MULTIPROC_DIR": "gunicorn.conf.py",  # and prometheus_client itself
     "RUN_STOP_TIMEOUT": "app/ops/supervisor.py",
     "CELERY_CONCURRENCY": "Procfile",
+    "WEBHOOKS_CONCURRENCY": "Procfile",
     "POSTGRES_PASSWORD": "docker-compose.yml",
     "FLOWER_BASIC_AUTH": "docker-compose.yml",  # Flower reads it in its container
 }
