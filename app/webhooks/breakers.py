@@ -9,6 +9,7 @@ process calls through a breaker at a time (one half-open probe, never several).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from app.core.metrics import register_scrape_collector
 from app.core.shared_breakers import STATES, SharedBreakers
 
+log = logging.getLogger(__name__)
 PREFIX = "postboard:webhooks:breaker"
 KEY = "webhook_breakers"
 
@@ -39,6 +41,15 @@ def breakers() -> SharedBreakers:
     if found is None:
         found = current_app.extensions[KEY] = breakers_for(current_app.config)
     return found
+
+
+def forget_quietly(key: str) -> None:
+    """Drop a deleted target's breaker state; a store that does not answer keeps it, orphaned
+    (a deleted webhook is never called again, so the state is stale, never wrong)."""
+    try:
+        breakers().forget(key)
+    except Exception as error:  # Redis or the disk cache failing must not fail the delete
+        log.warning("webhook_breaker_not_forgotten", extra={"key": key, "error": repr(error)})
 
 
 class BreakerStatesCollector:

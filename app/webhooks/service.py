@@ -29,6 +29,7 @@ from app.core.ssrf import Resolver, UnsafeTarget, check_target
 from app.core.uow import UnitOfWork
 from app.extensions import db
 from app.users.repository import UserRepository
+from app.webhooks.breakers import forget_quietly
 from app.webhooks.models import DEAD, Webhook, WebhookAttempt, WebhookDelivery
 from app.webhooks.policy import WebhookPolicy
 from app.webhooks.repository import DeliveryRepository, WebhookRepository
@@ -179,6 +180,7 @@ class WebhookService:
             webhook.updated_at = now
             webhook.active = False
             webhook.version += 1
+        forget_quietly(str(webhook.public_id))  # its breaker state goes with it
 
     # Deliveries ----------------------------------------------------------------------------
 

@@ -94,3 +94,17 @@ def test_the_sweep_picks_due_targets_not_held_nor_open(hooks_app: Flask, account
             breakers().breaker(tripped).close()
     # held: a drain runs; tripped: waits; idle: nothing pending; backing off: its head waits
     assert picked == {due}
+
+
+def test_deleting_a_webhook_drops_its_breaker_state(hooks_app: Flask, account: Account) -> None:
+    hook, _ = make_webhook(hooks_app, account.id, "http://127.0.0.1:9/hook")
+    client = hooks_app.test_client()
+    with hooks_app.app_context():
+        breakers().breaker(hook).open()
+        assert breakers().count_by_state()["open"] >= 1
+        before = breakers().count_by_state()["open"]
+    response = client.delete(f"/api/webhooks/{hook}", headers=account.headers)
+    assert response.status_code == 204, response.get_json()
+    with hooks_app.app_context():
+        assert breakers().count_by_state()["open"] == before - 1
+        assert breakers().wait_seconds(hook) == 0
