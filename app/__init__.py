@@ -306,7 +306,8 @@ def register_rate_limits(app: Flask) -> None:
 
 def register_zero_metrics(app: Flask) -> None:
     """Every metric family in the first scrape, at 0 (after the routes exist)."""
-    from app.core.metrics import zero_operations, zero_series
+    from app.core.metrics import zero_series
+    from app.core.operation_metrics import zero_operations
     from app.posts.cache import POST_KIND, USER_POST_COUNT_KIND
     from app.users.cache import USER_KIND
 

@@ -53,7 +53,8 @@ from app.core.errors import (
     UnsupportedMediaType,
     UriTooLong,
 )
-from app.core.metrics import UNMATCHED_ROUTE, operation_label, record_operation, record_request
+from app.core.metrics import UNMATCHED_ROUTE, record_request
+from app.core.operation_metrics import operation_label, record_operation
 from app.core.security import Principal
 
 log = logging.getLogger("app.access")
