@@ -61,9 +61,7 @@ def children(spans: list[ReadableSpan], parent: ReadableSpan) -> list[ReadableSp
 
 
 def db_system(span: ReadableSpan) -> Any:
-    return (span.attributes or {}).get("db.system") or (span.attributes or {}).get(
-        "db.system.name"
-    )
+    return (span.attributes or {}).get("db.system") or (span.attributes or {}).get("db.system.name")
 
 
 def test_a_request_and_its_task_form_one_tree_across_the_broker(traced) -> None:
@@ -115,9 +113,7 @@ def test_a_malformed_traceparent_starts_a_new_trace(traced, json_logs) -> None:
     (server,) = [s for s in finished(exporter) if s.kind == SpanKind.SERVER]
     assert server.parent is None
     assert server.context is not None and server.context.trace_id != 0
-    (line,) = [
-        json.loads(raw) for raw in json_logs().splitlines() if '"app.access"' in raw
-    ]
+    (line,) = [json.loads(raw) for raw in json_logs().splitlines() if '"app.access"' in raw]
     assert line["trace_id"] == hex_trace(server)
     assert line["span_id"] == format(server.context.span_id, "016x")
 
