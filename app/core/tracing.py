@@ -4,17 +4,19 @@
                                          (prefork) or worker_init (solo, threads), beat_init, the
                                          outbox relay
 
-Always on: an SDK TracerProvider, the Flask instrumentation (a W3C `traceparent` continues the
-caller's trace, a missing or malformed one starts a new one) and the Celery one (the publish
-injects `traceparent` into the message headers, the worker's run continues it). So every log line
-of a request, and of each task it caused, carries one `trace_id` (app/core/logging.py).
+Always on: an SDK TracerProvider, the request's span around the one pipeline (a W3C
+`traceparent` continues the caller's trace; a missing or malformed one starts a new one) and the
+Celery instrumentation (the publish injects `traceparent` into the message headers, the worker's
+run continues it). So every log line of a request, and of each task it caused, carries one
+`trace_id` (app/core/logging.py).
 
 With `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) set, spans are recorded and exported
-over OTLP/HTTP (a BatchSpanProcessor: its thread starts here, hence after fork), and SQLAlchemy and
-Redis are instrumented too. With it unset, the sampler records nothing: the SDK still makes valid
-ids for the non-recording spans and propagates them, and that is all it does (bench/tracing.py).
+over OTLP/HTTP (a BatchSpanProcessor: its thread starts here, hence after fork); the request's span
+is the Flask instrumentation's, and SQLAlchemy and Redis are instrumented too. With it unset,
+nothing records: the request's span is a bare non-recording one (the SDK still makes valid ids and
+propagates them), no SQL or Redis instrumentation, no exporter, no thread (bench/tracing.py).
 The SDK reads the other standard OTEL_* variables itself (OTEL_TRACES_SAMPLER, OTEL_BSP_*,
-OTEL_EXPORTER_OTLP_HEADERS, OTEL_RESOURCE_ATTRIBUTES, OTEL_SDK_DISABLED, ...).
+OTEL_EXPORTER_OTLP_HEADERS, OTEL_RESOURCE_ATTRIBUTES, ...); OTEL_SDK_DISABLED=true sets nothing up.
 
 Nothing here runs at import: opentelemetry is imported by `setup_tracing` (or `preload`), so the
 processes that never trace (the CLI) never load it.
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -34,11 +36,15 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
-    from opentelemetry.trace import Link, SpanKind
+    from opentelemetry.trace import Link, SpanKind, Tracer
     from opentelemetry.util.types import Attributes
 
 # The standard variables (the SDK's exporter reads the same ones to build its URL).
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+SERVICE_NAME_VARIABLE = "OTEL_SERVICE_NAME"
+DISABLED_VARIABLE = "OTEL_SDK_DISABLED"
+# Every variable this module reads (the SDK reads these and the other OTEL_* ones too).
+VARIABLES = (*ENDPOINT_VARIABLES, SERVICE_NAME_VARIABLE, DISABLED_VARIABLE)
 # What set-up imports: loaded in gunicorn's master before the fork, each worker inherits them.
 _MODULES = (
     "opentelemetry.sdk.trace",
@@ -70,12 +76,12 @@ def export_endpoint() -> str | None:
 
 
 def service_name(role: str) -> str:
-    return os.environ.get("OTEL_SERVICE_NAME", "").strip() or f"postboard-{role}"
+    return os.environ.get(SERVICE_NAME_VARIABLE, "").strip() or f"postboard-{role}"
 
 
 def disabled() -> bool:
     """OTEL_SDK_DISABLED=true: no set-up at all (no trace ids in the logs either)."""
-    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    return os.environ.get(DISABLED_VARIABLE, "").strip().lower() == "true"
 
 
 def preload() -> None:
@@ -161,13 +167,22 @@ def _instrument_clients(provider: TracerProvider, flask_app: Flask | None) -> No
 
 
 def instrument_flask(flask_app: Flask, tracing: Tracing) -> None:
-    """The Flask instrumentation, around the one request pipeline (app/core/pipeline.py): its
-    before hook runs first and its teardown last, so the span covers every step, the rate limit's
-    round trip and a refusal included; it adds no step of its own to the pipeline."""
+    """Around the one request pipeline (app/core/pipeline.py), adding no step of its own.
+
+    Exporting: the Flask instrumentation, its before hook moved first and its teardown last, so
+    the span covers every step (the rate limit's round trip and a refusal included). Export
+    off: a WSGI wrapper that only continues or starts the trace, since the instrumentation
+    gathers its attributes and metrics whether or not the span records (bench/tracing.py).
+    """
+    if getattr(flask_app, "_postboard_traced", False):
+        return
+    flask_app._postboard_traced = True  # type: ignore[attr-defined]
+    if not tracing.exporting:
+        tracer = tracing.provider.get_tracer(__name__)
+        flask_app.wsgi_app = _continue_trace(flask_app.wsgi_app, tracer)  # type: ignore[method-assign]
+        return
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
-    if getattr(flask_app, "_is_instrumented_by_opentelemetry", False):
-        return
     FlaskInstrumentor.instrument_app(
         flask_app, tracer_provider=tracing.provider, enable_commenter=False
     )
@@ -177,6 +192,37 @@ def instrument_flask(flask_app: Flask, tracing: Tracing) -> None:
     teardown: Any = flask_app._teardown_request  # type: ignore[attr-defined]
     teardowns = flask_app.teardown_request_funcs[None]  # run in reverse: the first runs last
     teardowns.insert(0, teardowns.pop(teardowns.index(teardown)))
+
+
+def _continue_trace(wsgi_app: Callable[..., Any], tracer: Tracer) -> Callable[..., Any]:
+    """The request in a span that continues the caller's `traceparent` (or starts a trace):
+    non-recording, its ids in the logs and in the tasks the request publishes."""
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.propagate import extract
+    from opentelemetry.propagators.textmap import Getter
+
+    class EnvironGetter(Getter[dict[str, Any]]):
+        def get(self, carrier: dict[str, Any], key: str) -> list[str] | None:
+            value = carrier.get("HTTP_" + key.upper().replace("-", "_"))
+            return [value] if value is not None else None
+
+        def keys(self, carrier: dict[str, Any]) -> list[str]:
+            return []
+
+    getter = EnvironGetter()
+    server = trace.SpanKind.SERVER
+
+    def traced(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        parent = extract(environ, getter=getter)
+        span = tracer.start_span("request", context=parent, kind=server)
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        try:
+            return wsgi_app(environ, start_response)
+        finally:
+            otel_context.detach(token)
+
+    return traced
 
 
 def flush_tracing() -> None:

@@ -36,7 +36,8 @@ def traced(make_app, tmp_path: Path) -> Iterator[tuple[Flask, InMemorySpanExport
     web = make_app(TASKS_ENABLED=True, **broker_settings(tmp_path))
     exporter = InMemorySpanExporter()
     state = tracing.setup_tracing("web", flask_app=web, exporter=exporter)
-    assert state is not None and state.exporting
+    assert state is not None
+    assert state.exporting
     try:
         yield web, exporter
     finally:
@@ -90,7 +91,8 @@ def test_a_request_and_its_task_form_one_tree_across_the_broker(traced) -> None:
         (run,) = wait_for("the worker's run span", task_ran, timeout=60)
     spans = [s for s in finished(exporter) if hex_trace(s) == TRACE_ID]
     (server,) = [s for s in spans if s.kind == SpanKind.SERVER]
-    assert server.parent is not None and server.parent.is_remote
+    assert server.parent is not None
+    assert server.parent.is_remote
     assert format(server.parent.span_id, "016x") == PARENT_ID  # the caller's span
     below_server = children(spans, server)
     sql = [s for s in below_server if s.kind == SpanKind.CLIENT and db_system(s) != "redis"]
@@ -100,7 +102,8 @@ def test_a_request_and_its_task_form_one_tree_across_the_broker(traced) -> None:
     (publish,) = [s for s in below_server if s.name == "apply_async/cache.refresh_user"]
     assert publish.kind == SpanKind.PRODUCER
     assert run.kind == SpanKind.CONSUMER
-    assert run.parent is not None and publish.context is not None
+    assert run.parent is not None
+    assert publish.context is not None
     assert run.parent.span_id == publish.context.span_id  # parented across the broker
     assert any(s.kind == SpanKind.CLIENT for s in children(spans, run)), "the task's SQL"
     forget_queue(celery.conf.broker_url, "celery")
@@ -112,7 +115,8 @@ def test_a_malformed_traceparent_starts_a_new_trace(traced, json_logs) -> None:
     assert answered.status_code == 200
     (server,) = [s for s in finished(exporter) if s.kind == SpanKind.SERVER]
     assert server.parent is None
-    assert server.context is not None and server.context.trace_id != 0
+    assert server.context is not None
+    assert server.context.trace_id != 0
     (line,) = [json.loads(raw) for raw in json_logs().splitlines() if '"app.access"' in raw]
     assert line["trace_id"] == hex_trace(server)
     assert line["span_id"] == format(server.context.span_id, "016x")
@@ -143,7 +147,8 @@ def test_with_no_endpoint_nothing_records_and_no_thread_starts(
         monkeypatch.delenv(name, raising=False)
     threads_before = {t.ident for t in threading.enumerate()}
     state = tracing.setup_tracing("web", flask_app=app)
-    assert state is not None and not state.exporting
+    assert state is not None
+    assert not state.exporting
     from opentelemetry import trace
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
@@ -157,7 +162,8 @@ def test_with_no_endpoint_nothing_records_and_no_thread_starts(
 
     started = time.monotonic()
     answered = app.test_client().get("/_trace_probe", headers={"traceparent": TRACEPARENT})
-    assert answered.status_code == 200 and time.monotonic() - started < 5
+    assert answered.status_code == 200
+    assert time.monotonic() - started < 5
     (span,) = seen
     assert not span.is_recording()
     assert format(span.get_span_context().trace_id, "032x") == TRACE_ID

@@ -103,7 +103,8 @@ def test_a_request_and_its_task_share_the_trace_id_in_the_logs(
     finally:
         worker.stop()
     (access,) = [line for line in web_lines if line.get("event") == "request"]
-    assert access["method"] == "PATCH" and access["status"] == 200
+    assert access["method"] == "PATCH"
+    assert access["status"] == 200
     assert access["request_id"] == request_id
     assert all(line["request_id"] == request_id for line in done)
     assert all(len(line["span_id"]) == 16 for line in [access, *done])

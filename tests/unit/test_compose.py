@@ -9,6 +9,7 @@ import re
 
 import yaml
 
+from app.core import tracing
 from app.settings import Settings
 from tests.support.paths import ROOT
 
@@ -16,21 +17,39 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 # Read by a tool we run, not by our config: Flower reads FLOWER_* itself.
 TOOL_SETTINGS = ("FLOWER_",)
+# Third-party images configured by their own settings (and tracing's by a mounted file).
+IMAGES = ("postgres", "redis", "otel-collector", "jaeger")
+# The app's processes that trace (app/core/tracing.py), and compose's optional tracing profile.
+TRACED = ("web", "worker", "webhooks", "relay", "beat")
+TRACING_PROFILE = ("otel-collector", "jaeger")
 
 
 def variables_the_code_reads() -> set[str]:
     gunicorn = (ROOT / "gunicorn.conf.py").read_text()
     names = set(re.findall(r"os\.environ(?:\.get)?[\(\[]\s*[\"']([A-Z0-9_]+)[\"']", gunicorn))
-    return names | Settings.variables()
+    return names | Settings.variables() | set(tracing.VARIABLES)
+
+
+def read_by_the_sdk(variable: str) -> bool:
+    """A standard OTEL_* variable OpenTelemetry's SDK reads itself (its own list of them): the
+    one exception to "read by our code", since setting up the SDK is all our code does with it."""
+    import opentelemetry.environment_variables as api
+    import opentelemetry.sdk.environment_variables as sdk
+
+    standard = {v for m in (api, sdk) for v in vars(m).values() if isinstance(v, str)}
+    return variable.startswith("OTEL_") and variable in standard
 
 
 def test_every_variable_compose_sets_is_read_by_the_code() -> None:
     read = variables_the_code_reads()
     assert {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "PORT", "WEB_CONCURRENCY"} <= read
+    assert {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"} <= read
+    assert read_by_the_sdk("OTEL_BSP_SCHEDULE_DELAY")  # the exception is the SDK's own list
+    assert not read_by_the_sdk("OTEL_MADE_UP") and not read_by_the_sdk("FLOWER_PORT")
     for name, service in SERVICES.items():
         for variable in service.get("environment") or {}:
-            if name in ("postgres", "redis") or variable.startswith(TOOL_SETTINGS):
-                continue  # the images' and tools' own settings
+            if name in IMAGES or variable.startswith(TOOL_SETTINGS) or read_by_the_sdk(variable):
+                continue  # the images', tools' and OpenTelemetry SDK's own settings
             assert variable in read, f"{name} sets {variable}, which the code never reads"
 
 
@@ -39,7 +58,7 @@ def test_every_variable_compose_sets_is_documented() -> None:
         re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
     )
     for name, service in SERVICES.items():
-        if name in ("postgres", "redis"):
+        if name in IMAGES:
             continue
         for variable in service.get("environment") or {}:
             assert variable in documented, f"{variable} ({name}) is missing from .env.example"
@@ -207,3 +226,31 @@ def test_dockerignore_keeps_secrets_and_dev_files_out_but_not_what_the_image_cop
                 continue  # the globs name caches inside directories, never a copied path
             ignored = source == pattern or source.startswith(f"{pattern}/")
             assert not ignored, f"the Dockerfile copies {source}, which .dockerignore drops"
+
+
+def test_the_tracing_profile_is_optional_and_wired_to_every_traced_process() -> None:
+    """`docker compose --profile tracing up` adds a collector forwarding to Jaeger (its UI on
+    loopback only); without the profile nothing depends on them and export stays off."""
+    for name in TRACING_PROFILE:
+        assert SERVICES[name]["profiles"] == ["tracing"]
+    for name, service in SERVICES.items():
+        if name not in TRACING_PROFILE:
+            assert "profiles" not in service, f"{name} must run without a profile"
+            assert not set(TRACING_PROFILE) & set(service.get("depends_on") or {}), name
+    assert SERVICES["jaeger"]["ports"] == ["127.0.0.1:16686:16686"]
+    assert "ports" not in SERVICES["otel-collector"]  # reached inside the compose network only
+    mount = next(v for v in SERVICES["otel-collector"]["volumes"] if "collector.yaml" in v)
+    source, target = mount.split(":")[:2]
+    assert f"--config={target}" in SERVICES["otel-collector"]["command"]
+    config = yaml.safe_load((ROOT / source).read_text())
+    assert source == "./deploy/otel/collector.yaml"
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"]
+    assert "http" in config["receivers"]["otlp"]["protocols"]
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    (exporter,) = pipeline["exporters"]
+    assert config["exporters"][exporter]["endpoint"].split(":")[0] == "jaeger"
+    for name in TRACED:
+        environment = SERVICES[name]["environment"]
+        assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"
+        assert environment["OTEL_SERVICE_NAME"] == f"postboard-{name}"
