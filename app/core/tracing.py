@@ -41,10 +41,8 @@ if TYPE_CHECKING:
 
 # The standard variables (the SDK's exporter reads the same ones to build its URL).
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-SERVICE_NAME_VARIABLE = "OTEL_SERVICE_NAME"
-DISABLED_VARIABLE = "OTEL_SDK_DISABLED"
 # Every variable this module reads (the SDK reads these and the other OTEL_* ones too).
-VARIABLES = (*ENDPOINT_VARIABLES, SERVICE_NAME_VARIABLE, DISABLED_VARIABLE)
+VARIABLES = (*ENDPOINT_VARIABLES, "OTEL_SERVICE_NAME", "OTEL_SDK_DISABLED")
 # What set-up imports: loaded in gunicorn's master before the fork, each worker inherits them.
 _MODULES = (
     "opentelemetry.sdk.trace",
@@ -68,20 +66,17 @@ _current: Tracing | None = None
 
 def export_endpoint() -> str | None:
     """The OTLP endpoint spans go to, or None: export off."""
-    for name in ENDPOINT_VARIABLES:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
+    traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    return traces or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None
 
 
 def service_name(role: str) -> str:
-    return os.environ.get(SERVICE_NAME_VARIABLE, "").strip() or f"postboard-{role}"
+    return os.environ.get("OTEL_SERVICE_NAME", "").strip() or f"postboard-{role}"
 
 
 def disabled() -> bool:
     """OTEL_SDK_DISABLED=true: no set-up at all (no trace ids in the logs either)."""
-    return os.environ.get(DISABLED_VARIABLE, "").strip().lower() == "true"
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
 def preload() -> None:
