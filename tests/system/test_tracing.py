@@ -65,7 +65,9 @@ def db_system(span: ReadableSpan) -> Any:
     return (span.attributes or {}).get("db.system") or (span.attributes or {}).get("db.system.name")
 
 
-def test_a_request_and_its_task_form_one_tree_across_the_broker(traced) -> None:
+def test_a_request_and_its_task_form_one_tree_across_the_broker(traced, json_logs) -> None:
+    """(json_logs: the in-process worker's setup_logging replaces the root logger's handlers;
+    the fixture puts the test session's back afterwards.)"""
     web, exporter = traced
     from worker import make_celery
 
