@@ -15,6 +15,10 @@ an authenticated PATCH /api/posts/{id}, each variant in a fresh interpreter:
                  answers every POST /v1/traces with 200): HTTP, SQL and Redis spans, recorded,
                  batched and sent as OTLP/HTTP protobuf
 
+Last, export off, the request's span alone (`--micro`: the WSGI wrapper around an app that
+does nothing, wall time per call), the part of "export off" a benchmark of whole requests cannot
+resolve from the noise of two shared cores.
+
 The variants alternate within each round (the order rotated), so a noisy neighbour on the two
 cores hits them alike; the medians over rounds and their ratios to "none" are printed. The
 database needs users (`flask seed --users 200 --posts-per-user 0`).
@@ -81,6 +85,36 @@ def measure(variant: str, request: str, requests: int) -> float:
     return best
 
 
+def micro(calls: int = 100_000) -> str:
+    """Export off, what the request's span adds alone: the wrapper around a WSGI app that does
+    nothing, with and without a `traceparent` (wall time, best of three)."""
+    from app.core import tracing
+
+    state = tracing.setup_tracing("web")
+    assert state is not None
+    assert not state.exporting
+    tracer = state.provider.get_tracer("bench")
+
+    def bare(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        return [b""]
+
+    wrapped = tracing._continue_trace(bare, tracer)
+    sent = {"HTTP_TRACEPARENT": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    results = []
+    for app, environ in ((bare, sent), (wrapped, {}), (wrapped, sent)):
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(calls):
+                app(environ, None)
+            best = min(best, (time.perf_counter() - started) * 1e6 / calls)
+        results.append(best)
+    return (
+        f"span wrapper alone: {results[1] - results[0]:.1f} us (new trace), "
+        f"{results[2] - results[0]:.1f} us (continuing a traceparent)"
+    )
+
+
 class _Sink(BaseHTTPRequestHandler):
     received = 0
 
@@ -116,7 +150,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--variant", choices=VARIANTS)
     parser.add_argument("--request", choices=REQUESTS)
+    parser.add_argument("--micro", action="store_true")
     args = parser.parse_args()
+    if args.micro:
+        print(micro())
+        return
     if args.variant:
         print(f"{measure(args.variant, args.request, args.requests):.1f}")
         return
@@ -144,6 +182,9 @@ def main() -> None:
         for variant in VARIANTS:
             cost = statistics.median(costs[(variant, request)])
             print(f"  {request:10} {variant:10} {cost:7.1f} us   x{cost / none:.3f} of none")
+    command = [sys.executable, "-m", "bench.tracing", "--micro"]
+    micro_run = subprocess.run(command, env=base, capture_output=True, text=True, check=True)
+    print(f"export off, {micro_run.stdout.strip()}")
 
 
 if __name__ == "__main__":
