@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from app.core import tracing
+from app.core import publishing, tracing
 from tests.factories import bearer, login, register
 from tests.support.backends import REDIS_URL
 from tests.support.workers import broker_settings, forget_queue, wait_for
@@ -65,11 +64,17 @@ def db_system(span: ReadableSpan) -> Any:
     return (span.attributes or {}).get("db.system") or (span.attributes or {}).get("db.system.name")
 
 
-def test_a_request_and_its_task_form_one_tree_across_the_broker(traced, json_logs) -> None:
+def test_a_request_and_its_task_form_one_tree_across_the_broker(
+    traced, json_logs, monkeypatch
+) -> None:
     """(json_logs: the in-process worker's setup_logging replaces the root logger's handlers;
     the fixture puts the test session's back afterwards.)"""
     web, exporter = traced
     from worker import make_celery
+
+    # Publishing waits 0.5 s at most, then skips for a cool-down: on two busy cores the embedded
+    # broker, polled by the worker thread in this same process, can take longer.
+    monkeypatch.setattr(publishing._publisher, "timeout", 10.0)
 
     celery = make_celery(web)  # the one Celery app, bound to the traced web app
     http = web.test_client()
@@ -162,10 +167,8 @@ def test_with_no_endpoint_nothing_records_and_no_thread_starts(
         seen.append(trace.get_current_span())
         return {}
 
-    started = time.monotonic()
     answered = app.test_client().get("/_trace_probe", headers={"traceparent": TRACEPARENT})
     assert answered.status_code == 200
-    assert time.monotonic() - started < 5
     (span,) = seen
     assert not span.is_recording()
     assert format(span.get_span_context().trace_id, "032x") == TRACE_ID
@@ -173,5 +176,11 @@ def test_with_no_endpoint_nothing_records_and_no_thread_starts(
     assert not state.provider._active_span_processor._span_processors  # nothing to export to
     assert not SQLAlchemyInstrumentor().is_instrumented_by_opentelemetry
     assert not RedisInstrumentor().is_instrumented_by_opentelemetry
+    # A malformed traceparent, or none: a new trace, export off too.
+    for header in ({"traceparent": "00-xyz-not-a-trace-01"}, {}):
+        assert app.test_client().get("/_trace_probe", headers=header).status_code == 200
+    fresh = [format(s.get_span_context().trace_id, "032x") for s in seen[1:]]
+    assert all(s.get_span_context().is_valid for s in seen[1:])
+    assert len({TRACE_ID, *fresh}) == 3
     lines = [json.loads(raw) for raw in json_logs().splitlines() if '"app.access"' in raw]
-    assert [line["trace_id"] for line in lines] == [TRACE_ID]
+    assert [line["trace_id"] for line in lines] == [TRACE_ID, *fresh]
