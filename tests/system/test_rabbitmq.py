@@ -70,7 +70,11 @@ def test_every_queue_is_a_quorum_queue_and_every_publish_is_confirmed(
     default, feed, webhooks = (rabbit[name] for name in own_queues())
     routed = {
         name: celery.amqp.router.route({}, task)["queue"]
-        for name, task in ((default, "worker.ping"), (feed, "events.feed"), (webhooks, "webhooks.x"))
+        for name, task in (
+            (default, "worker.ping"),
+            (feed, "events.feed"),
+            (webhooks, "webhooks.x"),
+        )
     }
     for name, queue in routed.items():
         assert queue.name == name
