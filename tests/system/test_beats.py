@@ -9,6 +9,7 @@ The drill shortens one period (BLOCKLIST_RESYNC_SECONDS=3) and lets nothing cons
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -156,7 +157,8 @@ def test_two_beats_send_each_periodic_task_once_per_period_and_one_takes_over(
         second.start()
         wait_for("the second beat to start", lambda: "beat: Starting" in second.log(), timeout=60)
         time.sleep(4 * PERIOD)
-        assert first.alive() and second.alive()
+        assert first.alive()
+        assert second.alive()
         assert second.acquired_at() is None, "one lock holder at a time"
 
         killed = time.time()
@@ -183,13 +185,13 @@ def test_two_beats_send_each_periodic_task_once_per_period_and_one_takes_over(
         assert not set(HOURLY) & set(by_entry), by_entry
         for entry, period in (("resync-blocklist", PERIOD), ("webhooks-sweep", 5.0)):
             stamps = by_entry[entry]
-            gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False)]
+            gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
             # Never twice in one period (a second beat sending too would make gaps near 0) ...
             assert min(gaps) >= period - 0.5, (entry, gaps)
             # ... and once in every period while a beat held the lock.
             for holder in (first, second):
                 own = [t for t, name in holder.sends() if name == entry]
-                assert max(b - a for a, b in zip(own, own[1:], strict=False)) <= period + 1.0
+                assert max(b - a for a, b in itertools.pairwise(own)) <= period + 1.0
         # What the logs say was sent is what the broker holds (nothing consumed it).
         routed_default = [entry for _, entry in sends if entry != "webhooks-sweep"]
         default_queue = queues["CELERY_DEFAULT_QUEUE"]

@@ -66,7 +66,8 @@ def test_every_queue_is_a_quorum_queue_and_every_publish_is_confirmed(
     celery = _celery(database_uri, rabbit)
     assert celery.conf.broker_transport_options["confirm_publish"] is True
     assert celery.conf.task_default_queue_type == "quorum"
-    assert celery.conf.task_acks_late and celery.conf.task_reject_on_worker_lost
+    assert celery.conf.task_acks_late
+    assert celery.conf.task_reject_on_worker_lost
     default, feed, webhooks = (rabbit[name] for name in own_queues())
     routed = {
         name: celery.amqp.router.route({}, task)["queue"]

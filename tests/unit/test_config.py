@@ -31,6 +31,7 @@ READ_ELSEWHERE = {
     "CELERY_CONCURRENCY": "Procfile",
     "WEBHOOKS_CONCURRENCY": "Procfile",
     "POSTGRES_PASSWORD": "docker-compose.yml",
+    "RABBITMQ_PASSWORD": "docker-compose.yml",
     "FLOWER_BASIC_AUTH": "docker-compose.yml",  # Flower reads it in its container
 }
 
