@@ -154,6 +154,9 @@ def test_two_beats_send_each_periodic_task_once_per_period_and_one_takes_over(
     try:
         first.start()
         wait_for("the first beat to take the lock", first.acquired_at, timeout=60)
+        # The drill's shorter period reached the beat: its lock is sized to it.
+        assert f"lock -> `{BEAT_KEY_PREFIX}:lock` " in first.log()
+        assert f"({lock}s)" in first.log(), first.log()[-3000:]
         second.start()
         wait_for("the second beat to start", lambda: "beat: Starting" in second.log(), timeout=60)
         time.sleep(4 * PERIOD)
