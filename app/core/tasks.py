@@ -188,7 +188,8 @@ def _queue(name: str, broker_url: str) -> Queue:
 def amqp_options(broker_url: str, *, consumer: bool, publisher_retry: Mapping[str, Any]) -> dict:
     """RabbitMQ: quorum queues for every queue (the declared ones and those a route or `-Q`
     creates), publisher confirms, and a publisher (web, CLI) that fails fast when the broker
-    is away. Nothing for the other brokers. See docs/brokers.md."""
+    is away. Nothing for the other brokers. Quorum queues have no priorities, and count each
+    message's deliveries against a delivery limit (RabbitMQ 4: 20): see docs/brokers.md."""
     if not is_amqp(broker_url):
         return {}
     options: dict[str, Any] = {
