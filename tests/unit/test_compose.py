@@ -14,8 +14,10 @@ from tests.support.paths import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-# Read by a tool we run, not by our config: Flower reads FLOWER_* itself.
-TOOL_SETTINGS = ("FLOWER_",)
+# Read by a tool we run, not by our config: Flower reads FLOWER_* itself, the nginx image NGINX_*.
+TOOL_SETTINGS = ("FLOWER_", "NGINX_")
+# The gateway's configuration: GATEWAY_* are the names its template uses.
+GATEWAY_TEMPLATE = ROOT / "deploy" / "nginx" / "postboard.conf.template"
 # Servers from their own images, configured by those images' variables.
 IMAGE_SERVICES = ("postgres", "redis", "rabbitmq")
 
@@ -23,7 +25,8 @@ IMAGE_SERVICES = ("postgres", "redis", "rabbitmq")
 def variables_the_code_reads() -> set[str]:
     gunicorn = (ROOT / "gunicorn.conf.py").read_text()
     names = set(re.findall(r"os\.environ(?:\.get)?[\(\[]\s*[\"']([A-Z0-9_]+)[\"']", gunicorn))
-    return names | Settings.variables()
+    gateway = set(re.findall(r"\$\{(GATEWAY_[A-Z0-9_]+)\}", GATEWAY_TEMPLATE.read_text()))
+    return names | Settings.variables() | gateway
 
 
 def test_every_variable_compose_sets_is_read_by_the_code() -> None:
@@ -58,12 +61,72 @@ def test_commands_start_what_the_code_provides() -> None:
     assert SERVICES["migrate"]["command"] == ["flask", "--app", "wsgi", "db", "upgrade"]
 
 
-def test_published_port_is_the_one_gunicorn_binds() -> None:
-    web = SERVICES["web"]
-    bind = web["environment"]["GUNICORN_BIND"]
-    host_port, container_port = web["ports"][0].split(":")
-    assert bind.endswith(f":{container_port}")
-    assert host_port == container_port == "8000"
+def test_only_the_gateway_is_published() -> None:
+    """gunicorn's sync workers and Flower sit behind nginx: nothing else has a host port."""
+    published = {name for name, service in SERVICES.items() if service.get("ports")}
+    assert published == {"gateway"}
+    assert SERVICES["gateway"]["ports"] == ["80:80", "443:443"]
+    gateway = SERVICES["gateway"]["environment"]
+    assert (gateway["GATEWAY_HTTP_PORT"], gateway["GATEWAY_HTTPS_PORT"]) == (80, 443)
+
+
+def test_the_gateway_routes_to_the_services_and_ports_that_exist() -> None:
+    gateway = SERVICES["gateway"]
+    environment = gateway["environment"]
+    web_host, web_port = environment["GATEWAY_WEB_UPSTREAM"].split(":")
+    assert web_host == "web"
+    assert SERVICES["web"]["environment"]["GUNICORN_BIND"] == f"0.0.0.0:{web_port}"
+    assert SERVICES["web"]["expose"] == [web_port]
+    flower_host, flower_port = environment["GATEWAY_FLOWER_UPSTREAM"].split(":")
+    flower = SERVICES["flower"]
+    assert flower_host == "flower"
+    assert f"--port={flower_port}" in flower["command"]
+    assert flower["expose"] == [flower_port]
+    # Flower serves under the prefix the gateway routes (nginx passes the path unchanged).
+    assert "--url_prefix=flower" in flower["command"]
+    template = GATEWAY_TEMPLATE.read_text()
+    assert "location /flower/      { proxy_pass http://postboard_flower; }" in template
+    assert gateway["depends_on"]["web"]["condition"] == "service_healthy"
+    assert set(gateway["depends_on"]) <= set(SERVICES)
+
+
+def test_the_gateways_template_gets_every_value_it_uses() -> None:
+    used = set(re.findall(r"\$\{(GATEWAY_[A-Z0-9_]+)\}", GATEWAY_TEMPLATE.read_text()))
+    given = {name for name in SERVICES["gateway"]["environment"] if name.startswith("GATEWAY_")}
+    assert used == given
+    # The image substitutes only these names: nginx's own $variables stay as they are.
+    assert SERVICES["gateway"]["environment"]["NGINX_ENVSUBST_FILTER"] == "^GATEWAY_"
+
+
+def test_the_gateways_mounts_exist_and_its_certificate_paths_are_inside_them() -> None:
+    gateway = SERVICES["gateway"]
+    mounts = {}
+    for volume in gateway["volumes"]:
+        source, target, mode = volume.rsplit(":", 2)
+        assert mode == "ro", volume
+        source = re.sub(r"\$\{[A-Z_]+:-(.*)\}", r"\1", source)  # the default of ${VAR:-default}
+        assert (ROOT / source).exists(), f"{source} is mounted but missing"
+        mounts[target] = source
+    # The official image renders /etc/nginx/templates/*.template into conf.d/ at start.
+    template_target = next(t for t in mounts if t.startswith("/etc/nginx/templates/"))
+    assert template_target.endswith(".template")
+    assert ROOT / mounts[template_target] == GATEWAY_TEMPLATE
+    environment = gateway["environment"]
+    for name in ("GATEWAY_TLS_CERT", "GATEWAY_TLS_KEY"):
+        assert environment[name].startswith("/etc/nginx/certs/")
+    assert "/etc/nginx/certs" in mounts
+
+
+def test_the_app_trusts_exactly_the_gateway_and_shares_its_body_limit() -> None:
+    web, gateway = SERVICES["web"]["environment"], SERVICES["gateway"]["environment"]
+    assert web["TRUSTED_PROXY_COUNT"] == 1
+    # One variable drives both limits; its default is the app's.
+    assert (
+        COMPOSE["x-app"]["environment"]["MAX_CONTENT_LENGTH"] == gateway["GATEWAY_MAX_BODY_BYTES"]
+    )
+    default = re.fullmatch(r"\$\{MAX_CONTENT_LENGTH:-(\d+)\}", gateway["GATEWAY_MAX_BODY_BYTES"])
+    assert default, gateway["GATEWAY_MAX_BODY_BYTES"]
+    assert int(default.group(1)) == Settings.from_env("testing").max_content_length
 
 
 def test_web_waits_for_healthy_dependencies_and_the_migration() -> None:
@@ -168,11 +231,11 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     assert SERVICES["web"]["command"] == ["gunicorn", "wsgi:app", "-c", "gunicorn.conf.py"]
 
 
-def test_flower_service_is_password_protected_and_local() -> None:
+def test_flower_service_is_password_protected_and_not_published() -> None:
     flower = SERVICES["flower"]
     assert flower["command"][:4] == ["celery", "-A", "worker", "flower"]
     assert ":?" in flower["environment"]["FLOWER_BASIC_AUTH"]
-    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+    assert "ports" not in flower
     assert "--port=5555" in flower["command"]
 
 
