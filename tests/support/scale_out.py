@@ -57,7 +57,8 @@ class Record:
     lost_tasks: list[str] = field(default_factory=list)
     task_runs: dict[str, int] = field(default_factory=dict)  # token -> times started
     killed_worker_held: int = 0
-    periodic: dict[str, list[float]] = field(default_factory=dict)  # task -> delivery times
+    periodic: dict[str, list[float]] = field(default_factory=dict)  # task -> beats' send times
+    periodic_received: dict[str, int] = field(default_factory=dict)  # task -> deliveries
     beats_window: tuple[float, float] = (0.0, 0.0)
     revoked_token_status: int = 0
     idempotent_ids: list[str] = field(default_factory=list)
@@ -217,10 +218,11 @@ def run_drill(topology: Topology, send_sleep: Any, seconds: float = 60.0) -> Rec
         time.sleep(0.2)
     record.lost_tasks = [t for t in tokens if sleep_marks(t)[1] is None]
     record.task_runs = {t: sleep_marks(t)[0] for t in tokens}
-    received = topology.received()  # a task redelivered after the kill counts once
-    record.periodic = {
-        name: sorted({task_id: when for when, task_id in reversed(received.get(name, []))}.values())
-        for name in PERIODS
+    sent, received = topology.sent(), topology.received()
+    record.periodic = {name: sent.get(name, []) for name in PERIODS}
+    # Each send reached a worker (a redelivery after the kill counts once).
+    record.periodic_received = {
+        name: len({task_id for _, task_id in received.get(name, [])}) for name in PERIODS
     }
     _after_the_load(ports, record)
     return record

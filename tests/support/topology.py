@@ -26,6 +26,8 @@ from tests.support.paths import ROOT
 RABBITMQCTL = shutil.which("rabbitmqctl")
 # "Task auth.resync_blocklist[6f1c…] received": Celery's own line, one per delivery to a worker.
 _RECEIVED = re.compile(r'"timestamp": "([^"]+)".*?Task ([\w.]+)\[([0-9a-f-]+)\] received')
+# "Scheduler: Sending due task resync-blocklist (auth.resync_blocklist)": beat's, one per send.
+_SENT = re.compile(r'"timestamp": "([^"]+)".*?Sending due task [\w.-]+ \(([\w.]+)\)')
 
 
 @contextlib.contextmanager
@@ -166,9 +168,20 @@ class Topology:
         runs: dict[str, list[tuple[float, str]]] = {}
         for process in self.of("worker"):
             for stamp, name, task_id in _RECEIVED.findall(process.log()):
-                when = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-                runs.setdefault(name, []).append((when, task_id))
+                runs.setdefault(name, []).append((_unix(stamp), task_id))
         return {name: sorted(found) for name, found in runs.items()}
+
+    def sent(self) -> dict[str, list[float]]:
+        """Every periodic send the beats logged: task name -> [unix time], sorted."""
+        sends: dict[str, list[float]] = {}
+        for process in self.of("beat"):
+            for stamp, name in _SENT.findall(process.log()):
+                sends.setdefault(name, []).append(_unix(stamp))
+        return {name: sorted(times) for name, times in sends.items()}
+
+
+def _unix(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _ready(process: Process) -> bool:
