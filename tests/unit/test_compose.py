@@ -19,8 +19,9 @@ SERVICES = COMPOSE["services"]
 TOOL_SETTINGS = ("FLOWER_", "NGINX_")
 # The gateway's configuration: GATEWAY_* are the names its template uses.
 GATEWAY_TEMPLATE = ROOT / "deploy" / "nginx" / "postboard.conf.template"
-# Third-party images configured by their own settings (and tracing's by a mounted file).
-IMAGES = ("postgres", "redis", "otel-collector", "jaeger")
+# Servers from their own images, configured by those images' variables (the tracing profile's
+# collector by a mounted file).
+IMAGE_SERVICES = ("postgres", "redis", "rabbitmq", "otel-collector", "jaeger")
 # The app's processes that trace (app/core/tracing.py), and compose's optional tracing profile.
 TRACED = ("web", "worker", "webhooks", "relay", "beat")
 TRACING_PROFILE = ("otel-collector", "jaeger")
@@ -52,7 +53,7 @@ def test_every_variable_compose_sets_is_read_by_the_code() -> None:
     assert not read_by_the_sdk("FLOWER_PORT")
     for name, service in SERVICES.items():
         for variable in service.get("environment") or {}:
-            if name in IMAGES or variable.startswith(TOOL_SETTINGS) or read_by_the_sdk(variable):
+            if name in IMAGE_SERVICES or variable.startswith(TOOL_SETTINGS) or read_by_the_sdk(variable):
                 continue  # the images', tools' and OpenTelemetry SDK's own settings
             assert variable in read, f"{name} sets {variable}, which the code never reads"
 
@@ -62,7 +63,7 @@ def test_every_variable_compose_sets_is_documented() -> None:
         re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
     )
     for name, service in SERVICES.items():
-        if name in IMAGES:
+        if name in IMAGE_SERVICES:
             continue
         for variable in service.get("environment") or {}:
             assert variable in documented, f"{variable} ({name}) is missing from .env.example"
@@ -156,6 +157,49 @@ def test_web_waits_for_healthy_dependencies_and_the_migration() -> None:
     assert depends["migrate"]["condition"] == "service_completed_successfully"
     assert "healthcheck" in SERVICES["postgres"]
     assert "pgdata" in COMPOSE["volumes"]
+
+
+def test_tasks_go_to_rabbitmq_as_quorum_queues_and_results_stay_on_redis() -> None:
+    from app.core.tasks import celery_config
+
+    app_env = COMPOSE["x-app"]["environment"]
+    broker, backend = app_env["CELERY_BROKER_URL"], app_env["CELERY_RESULT_BACKEND"]
+    assert re.fullmatch(
+        r"amqp://postboard:\$\{RABBITMQ_PASSWORD:-\w+\}@rabbitmq:5672/postboard", broker
+    )
+    rabbitmq = SERVICES["rabbitmq"]
+    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_VHOST"] == "postboard"
+    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_USER"] == "postboard"
+    assert "rabbitmq-diagnostics" in rabbitmq["healthcheck"]["test"]
+    assert "rabbitmqdata:/var/lib/rabbitmq" in rabbitmq["volumes"]
+    assert "rabbitmqdata" in COMPOSE["volumes"]
+    assert backend.startswith("redis://redis:6379/")
+    for name, service in SERVICES.items():
+        # The app's services but the migration (which never touches the broker) wait for it.
+        if service.get("image") == COMPOSE["x-app"]["image"] and name != "migrate":
+            assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
+    # What the code makes of these URLs: quorum queues, confirms, redbeat on the compose Redis.
+    settings = Settings.from_env(
+        "testing",
+        CELERY_BROKER_URL=broker.replace("${RABBITMQ_PASSWORD:-postboard}", "pw"),
+        CELERY_RESULT_BACKEND=backend,
+        REDIS_URL=app_env["REDIS_URL"],
+    )
+    config = celery_config(settings.to_flask_config(), role="worker")
+    assert config["task_default_queue_type"] == "quorum"
+    assert config["broker_transport_options"]["confirm_publish"] is True
+    assert config["beat_scheduler"] == "redbeat.RedBeatScheduler"
+    assert config["redbeat_redis_url"] == app_env["REDIS_URL"]
+
+
+def test_beats_scale_on_redbeat_without_a_schedule_file() -> None:
+    beat = SERVICES["beat"]
+    assert beat["command"] == ["celery", "-A", "worker", "beat", "--loglevel=INFO"]
+    assert "container_name" not in beat  # `--scale beat=2` names each replica itself
+    assert COMPOSE["x-app"]["environment"]["REDIS_URL"]  # redbeat's lock lives there
+    procfile = (ROOT / "Procfile").read_text()
+    # `make run` may be embedded (no Redis): the file scheduler's file under the instance dir.
+    assert re.search(r"^beat: exec \.venv/bin/celery -A worker beat .*--schedule ", procfile, re.M)
 
 
 def test_production_secrets_are_required_not_defaulted() -> None:

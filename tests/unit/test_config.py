@@ -31,6 +31,7 @@ READ_ELSEWHERE = {
     "CELERY_CONCURRENCY": "Procfile",
     "WEBHOOKS_CONCURRENCY": "Procfile",
     "POSTGRES_PASSWORD": "docker-compose.yml",
+    "RABBITMQ_PASSWORD": "docker-compose.yml",
     "FLOWER_BASIC_AUTH": "docker-compose.yml",  # Flower reads it in its container
     "NGINX_ENVSUBST_FILTER": "docker-compose.yml",  # the nginx image's entrypoint reads it
     "GATEWAY_CERTS_DIR": "docker-compose.yml",
