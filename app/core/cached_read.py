@@ -79,8 +79,8 @@ def plan(app: Flask, client: Any) -> Planned | None:
 def reads_ahead(reads: ReadsAhead) -> Callable[[F], F]:
     """Declare the cache entries a view is about to read, as `reads()` finds them in the
     request: the pipeline reads them in its one round trip and the cache's `read` takes each
-    reply from there (app/core/prefetch.py). `reads` must be cheap and never raise; what it
-    gets wrong costs only an unused GET."""
+    reply from there (app/core/prefetch.py). `reads` must be cheap and never raise, and name
+    only what the request reads before it writes anything; a wrong guess costs an unused GET."""
 
     def decorator(view: F) -> F:
         setattr(view, AHEAD_ATTR, reads)
