@@ -13,7 +13,7 @@ CPU microseconds per request (process time, best of three passes) for:
     auth GET        warm authenticated GET /api/users/{id}
     auth GET, no cache   the same with CACHE_ENABLED=false
     auth PATCH      authenticated PATCH /api/posts/{id}
-    auth GraphQL    warm authenticated GET /graphql `query U($id: ID!) { user(id: $id) { username } }`
+    auth GraphQL    warm authenticated GET /graphql, bench/graphql.py's `user(id)` query
 
 Each variant runs in a fresh interpreter, in the current directory's checkout (run it from an
 older checkout to measure "before"). `--profile VARIANT` prints that variant's cProfile instead,
