@@ -332,7 +332,8 @@ def build_registry(config: dict[str, Any]) -> CollectorRegistry:
     else:
         for metric in PROCESS_METRICS:
             registry.register(metric)
-    queues = [str(config[name]) for name in ("OUTBOX_QUEUE", "WEBHOOKS_QUEUE") if config.get(name)]
+    names = ("CELERY_DEFAULT_QUEUE", "OUTBOX_QUEUE", "WEBHOOKS_QUEUE")
+    queues = [str(config[name]) for name in names if config.get(name)]
     registry.register(QueueDepthCollector(str(config.get("CELERY_BROKER_URL") or ""), queues))
     registry.register(OutboxBacklogCollector())
     if has_app_context():

@@ -170,7 +170,7 @@ class Settings:
 
     # Redis (blocklist, cache, rate limits); None = the embedded fallbacks.
     redis_url: str | None = setting("REDIS_URL", None, a_redis_url, secret=True)
-    # Celery: the Redis above when set, else SQLite files under instance/.
+    # Celery: the Redis above when set, else SQLite files under instance/ (or amqp:// RabbitMQ).
     celery_broker_url: str = setting(
         "CELERY_BROKER_URL",
         _redis_or_sqlite("sqla+sqlite", "celery-broker.sqlite3"),
@@ -185,6 +185,8 @@ class Settings:
     )
     # Redis broker: an unacknowledged task comes back after this; keep it above any task or ETA.
     celery_visibility_timeout: int = setting("CELERY_VISIBILITY_TIMEOUT", 3600, at_least(1))
+    # The queue tasks go to unless routed elsewhere (a quorum queue on RabbitMQ).
+    celery_default_queue: str = setting("CELERY_DEFAULT_QUEUE", "celery", a_queue_name)
     # Beat: purge expired revocations; re-copy revocations to a Redis that may have lost them.
     purge_revoked_tokens_seconds: int = setting("PURGE_REVOKED_TOKENS_SECONDS", 3600, at_least(1))
     blocklist_resync_seconds: int = setting("BLOCKLIST_RESYNC_SECONDS", 60, at_least(1))

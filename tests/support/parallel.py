@@ -8,6 +8,9 @@ use the worker's own:
   session starts and dropped when it ends; the session fixture then migrates it as usual.
   A SQLite DATABASE_URL gets `_<worker>` before its suffix; the embedded default already is a
   file under the worker's own temporary directory.
+- RabbitMQ (CELERY_BROKER_URL amqp://): one vhost shared, the queues' names suffixed with the
+  worker (CELERY_DEFAULT_QUEUE, OUTBOX_QUEUE, WEBHOOKS_QUEUE); the drills of
+  tests/system/test_rabbitmq.py name queues of each test's own anyway.
 - Redis: one db number per worker, for the service's keys and the Celery broker alike (their keys
   never overlap), so one worker's resets, limits, cache statistics and queues never meet
   another's. The numbers are TEST_REDIS_DBS (e.g. `9,10,11,12`) when set, else the distinct ones
@@ -32,6 +35,12 @@ from sqlalchemy.engine import make_url
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER") or None
 REDIS_VARIABLES = ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+# The broker queues the service names (settings' defaults), suffixed per worker on RabbitMQ.
+QUEUE_VARIABLES = {
+    "CELERY_DEFAULT_QUEUE": "celery",
+    "OUTBOX_QUEUE": "events",
+    "WEBHOOKS_QUEUE": "webhooks",
+}
 ISOLATED = "POSTBOARD_TEST_WORKER"  # set once the environment is the worker's own
 
 
@@ -85,6 +94,10 @@ def worker_environment(environ: Mapping[str, str], worker: str) -> dict[str, str
         url = environ.get(name) or ""
         if _is_redis(url):
             changes[name] = _with_redis_db(url, dbs[number])
+    if (environ.get("CELERY_BROKER_URL") or "").startswith(("amqp", "pyamqp")):
+        # One RabbitMQ vhost for every worker: queue names of the worker's own instead.
+        for name, default in QUEUE_VARIABLES.items():
+            changes[name] = f"{environ.get(name) or default}-{worker}"
     return changes
 
 

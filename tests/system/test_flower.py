@@ -16,7 +16,8 @@ SERVICES = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 
 def test_flower_command_starts_for_real(tmp_path: Path) -> None:
     """The compose command, run here against the embedded broker: Flower answers its health
-    check and keeps its dashboard behind the basic auth the compose file requires."""
+    check under its url prefix and keeps its dashboard behind the basic auth the compose file
+    requires."""
     import base64
     import subprocess
     import sys
@@ -47,7 +48,10 @@ def test_flower_command_starts_for_real(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    base = f"http://127.0.0.1:{port}"
+    # It serves under the prefix the gateway routes to it (deploy/nginx/, location /flower/).
+    prefix = next(a.split("=", 1)[1] for a in command if a.startswith("--url_prefix="))
+    assert prefix == "flower"
+    base = f"http://127.0.0.1:{port}/{prefix}"
     try:
         deadline = time.monotonic() + 30
         while True:

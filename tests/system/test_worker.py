@@ -140,13 +140,21 @@ def test_a_task_runs_in_its_app_context_and_its_session_is_removed(database_uri,
     assert removed, "the task base removes the task's session"
 
 
-def test_a_write_answers_quickly_when_the_broker_is_unreachable(app, caplog, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "dead",
+    # The discard port: nothing listens.
+    ["redis://127.0.0.1:9/0", "amqp://guest:guest@127.0.0.1:9//"],
+    ids=["redis", "rabbitmq"],
+)
+def test_a_write_answers_quickly_when_the_broker_is_unreachable(
+    app, caplog, monkeypatch, dead: str
+) -> None:
     """Publishing the write-through is bounded: a dead broker costs well under a second or
     two, is logged, and never fails the reply (the tombstone keeps reads correct)."""
-    dead = "redis://127.0.0.1:9/0"  # the discard port: nothing listens
     for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
         monkeypatch.delenv(name, raising=False)  # Celery would prefer them to its settings
-    settings = {"TASKS_ENABLED": True, "CELERY_BROKER_URL": dead, "CELERY_RESULT_BACKEND": dead}
+    backend = "redis://127.0.0.1:9/0"
+    settings = {"TASKS_ENABLED": True, "CELERY_BROKER_URL": dead, "CELERY_RESULT_BACKEND": backend}
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
     web = create_app(test_config(uri, **settings)).test_client()
     user = web.post(

@@ -14,14 +14,19 @@ from tests.support.paths import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-# Read by a tool we run, not by our config: Flower reads FLOWER_* itself.
-TOOL_SETTINGS = ("FLOWER_",)
+# Read by a tool we run, not by our config: Flower reads FLOWER_* itself, the nginx image NGINX_*.
+TOOL_SETTINGS = ("FLOWER_", "NGINX_")
+# The gateway's configuration: GATEWAY_* are the names its template uses.
+GATEWAY_TEMPLATE = ROOT / "deploy" / "nginx" / "postboard.conf.template"
+# Servers from their own images, configured by those images' variables.
+IMAGE_SERVICES = ("postgres", "redis", "rabbitmq")
 
 
 def variables_the_code_reads() -> set[str]:
     gunicorn = (ROOT / "gunicorn.conf.py").read_text()
     names = set(re.findall(r"os\.environ(?:\.get)?[\(\[]\s*[\"']([A-Z0-9_]+)[\"']", gunicorn))
-    return names | Settings.variables()
+    gateway = set(re.findall(r"\$\{(GATEWAY_[A-Z0-9_]+)\}", GATEWAY_TEMPLATE.read_text()))
+    return names | Settings.variables() | gateway
 
 
 def test_every_variable_compose_sets_is_read_by_the_code() -> None:
@@ -29,7 +34,7 @@ def test_every_variable_compose_sets_is_read_by_the_code() -> None:
     assert {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "PORT", "WEB_CONCURRENCY"} <= read
     for name, service in SERVICES.items():
         for variable in service.get("environment") or {}:
-            if name in ("postgres", "redis") or variable.startswith(TOOL_SETTINGS):
+            if name in IMAGE_SERVICES or variable.startswith(TOOL_SETTINGS):
                 continue  # the images' and tools' own settings
             assert variable in read, f"{name} sets {variable}, which the code never reads"
 
@@ -39,7 +44,7 @@ def test_every_variable_compose_sets_is_documented() -> None:
         re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
     )
     for name, service in SERVICES.items():
-        if name in ("postgres", "redis"):
+        if name in IMAGE_SERVICES:
             continue
         for variable in service.get("environment") or {}:
             assert variable in documented, f"{variable} ({name}) is missing from .env.example"
@@ -56,12 +61,72 @@ def test_commands_start_what_the_code_provides() -> None:
     assert SERVICES["migrate"]["command"] == ["flask", "--app", "wsgi", "db", "upgrade"]
 
 
-def test_published_port_is_the_one_gunicorn_binds() -> None:
-    web = SERVICES["web"]
-    bind = web["environment"]["GUNICORN_BIND"]
-    host_port, container_port = web["ports"][0].split(":")
-    assert bind.endswith(f":{container_port}")
-    assert host_port == container_port == "8000"
+def test_only_the_gateway_is_published() -> None:
+    """gunicorn's sync workers and Flower sit behind nginx: nothing else has a host port."""
+    published = {name for name, service in SERVICES.items() if service.get("ports")}
+    assert published == {"gateway"}
+    assert SERVICES["gateway"]["ports"] == ["80:80", "443:443"]
+    gateway = SERVICES["gateway"]["environment"]
+    assert (gateway["GATEWAY_HTTP_PORT"], gateway["GATEWAY_HTTPS_PORT"]) == (80, 443)
+
+
+def test_the_gateway_routes_to_the_services_and_ports_that_exist() -> None:
+    gateway = SERVICES["gateway"]
+    environment = gateway["environment"]
+    web_host, web_port = environment["GATEWAY_WEB_UPSTREAM"].split(":")
+    assert web_host == "web"
+    assert SERVICES["web"]["environment"]["GUNICORN_BIND"] == f"0.0.0.0:{web_port}"
+    assert SERVICES["web"]["expose"] == [web_port]
+    flower_host, flower_port = environment["GATEWAY_FLOWER_UPSTREAM"].split(":")
+    flower = SERVICES["flower"]
+    assert flower_host == "flower"
+    assert f"--port={flower_port}" in flower["command"]
+    assert flower["expose"] == [flower_port]
+    # Flower serves under the prefix the gateway routes (nginx passes the path unchanged).
+    assert "--url_prefix=flower" in flower["command"]
+    template = GATEWAY_TEMPLATE.read_text()
+    assert "location /flower/      { proxy_pass http://postboard_flower; }" in template
+    assert gateway["depends_on"]["web"]["condition"] == "service_healthy"
+    assert set(gateway["depends_on"]) <= set(SERVICES)
+
+
+def test_the_gateways_template_gets_every_value_it_uses() -> None:
+    used = set(re.findall(r"\$\{(GATEWAY_[A-Z0-9_]+)\}", GATEWAY_TEMPLATE.read_text()))
+    given = {name for name in SERVICES["gateway"]["environment"] if name.startswith("GATEWAY_")}
+    assert used == given
+    # The image substitutes only these names: nginx's own $variables stay as they are.
+    assert SERVICES["gateway"]["environment"]["NGINX_ENVSUBST_FILTER"] == "^GATEWAY_"
+
+
+def test_the_gateways_mounts_exist_and_its_certificate_paths_are_inside_them() -> None:
+    gateway = SERVICES["gateway"]
+    mounts = {}
+    for volume in gateway["volumes"]:
+        source, target, mode = volume.rsplit(":", 2)
+        assert mode == "ro", volume
+        source = re.sub(r"\$\{[A-Z_]+:-(.*)\}", r"\1", source)  # the default of ${VAR:-default}
+        assert (ROOT / source).exists(), f"{source} is mounted but missing"
+        mounts[target] = source
+    # The official image renders /etc/nginx/templates/*.template into conf.d/ at start.
+    template_target = next(t for t in mounts if t.startswith("/etc/nginx/templates/"))
+    assert template_target.endswith(".template")
+    assert ROOT / mounts[template_target] == GATEWAY_TEMPLATE
+    environment = gateway["environment"]
+    for name in ("GATEWAY_TLS_CERT", "GATEWAY_TLS_KEY"):
+        assert environment[name].startswith("/etc/nginx/certs/")
+    assert "/etc/nginx/certs" in mounts
+
+
+def test_the_app_trusts_exactly_the_gateway_and_shares_its_body_limit() -> None:
+    web, gateway = SERVICES["web"]["environment"], SERVICES["gateway"]["environment"]
+    assert web["TRUSTED_PROXY_COUNT"] == 1
+    # One variable drives both limits; its default is the app's.
+    assert (
+        COMPOSE["x-app"]["environment"]["MAX_CONTENT_LENGTH"] == gateway["GATEWAY_MAX_BODY_BYTES"]
+    )
+    default = re.fullmatch(r"\$\{MAX_CONTENT_LENGTH:-(\d+)\}", gateway["GATEWAY_MAX_BODY_BYTES"])
+    assert default, gateway["GATEWAY_MAX_BODY_BYTES"]
+    assert int(default.group(1)) == Settings.from_env("testing").max_content_length
 
 
 def test_web_waits_for_healthy_dependencies_and_the_migration() -> None:
@@ -71,6 +136,49 @@ def test_web_waits_for_healthy_dependencies_and_the_migration() -> None:
     assert depends["migrate"]["condition"] == "service_completed_successfully"
     assert "healthcheck" in SERVICES["postgres"]
     assert "pgdata" in COMPOSE["volumes"]
+
+
+def test_tasks_go_to_rabbitmq_as_quorum_queues_and_results_stay_on_redis() -> None:
+    from app.core.tasks import celery_config
+
+    app_env = COMPOSE["x-app"]["environment"]
+    broker, backend = app_env["CELERY_BROKER_URL"], app_env["CELERY_RESULT_BACKEND"]
+    assert re.fullmatch(
+        r"amqp://postboard:\$\{RABBITMQ_PASSWORD:-\w+\}@rabbitmq:5672/postboard", broker
+    )
+    rabbitmq = SERVICES["rabbitmq"]
+    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_VHOST"] == "postboard"
+    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_USER"] == "postboard"
+    assert "rabbitmq-diagnostics" in rabbitmq["healthcheck"]["test"]
+    assert "rabbitmqdata:/var/lib/rabbitmq" in rabbitmq["volumes"]
+    assert "rabbitmqdata" in COMPOSE["volumes"]
+    assert backend.startswith("redis://redis:6379/")
+    for name, service in SERVICES.items():
+        # The app's services but the migration (which never touches the broker) wait for it.
+        if service.get("image") == COMPOSE["x-app"]["image"] and name != "migrate":
+            assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
+    # What the code makes of these URLs: quorum queues, confirms, redbeat on the compose Redis.
+    settings = Settings.from_env(
+        "testing",
+        CELERY_BROKER_URL=broker.replace("${RABBITMQ_PASSWORD:-postboard}", "pw"),
+        CELERY_RESULT_BACKEND=backend,
+        REDIS_URL=app_env["REDIS_URL"],
+    )
+    config = celery_config(settings.to_flask_config(), role="worker")
+    assert config["task_default_queue_type"] == "quorum"
+    assert config["broker_transport_options"]["confirm_publish"] is True
+    assert config["beat_scheduler"] == "redbeat.RedBeatScheduler"
+    assert config["redbeat_redis_url"] == app_env["REDIS_URL"]
+
+
+def test_beats_scale_on_redbeat_without_a_schedule_file() -> None:
+    beat = SERVICES["beat"]
+    assert beat["command"] == ["celery", "-A", "worker", "beat", "--loglevel=INFO"]
+    assert "container_name" not in beat  # `--scale beat=2` names each replica itself
+    assert COMPOSE["x-app"]["environment"]["REDIS_URL"]  # redbeat's lock lives there
+    procfile = (ROOT / "Procfile").read_text()
+    # `make run` may be embedded (no Redis): the file scheduler's file under the instance dir.
+    assert re.search(r"^beat: exec \.venv/bin/celery -A worker beat .*--schedule ", procfile, re.M)
 
 
 def test_production_secrets_are_required_not_defaulted() -> None:
@@ -123,11 +231,11 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     assert SERVICES["web"]["command"] == ["gunicorn", "wsgi:app", "-c", "gunicorn.conf.py"]
 
 
-def test_flower_service_is_password_protected_and_local() -> None:
+def test_flower_service_is_password_protected_and_not_published() -> None:
     flower = SERVICES["flower"]
     assert flower["command"][:4] == ["celery", "-A", "worker", "flower"]
     assert ":?" in flower["environment"]["FLOWER_BASIC_AUTH"]
-    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+    assert "ports" not in flower
     assert "--port=5555" in flower["command"]
 
 

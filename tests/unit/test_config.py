@@ -31,7 +31,25 @@ READ_ELSEWHERE = {
     "CELERY_CONCURRENCY": "Procfile",
     "WEBHOOKS_CONCURRENCY": "Procfile",
     "POSTGRES_PASSWORD": "docker-compose.yml",
+    "RABBITMQ_PASSWORD": "docker-compose.yml",
     "FLOWER_BASIC_AUTH": "docker-compose.yml",  # Flower reads it in its container
+    "NGINX_ENVSUBST_FILTER": "docker-compose.yml",  # the nginx image's entrypoint reads it
+    "GATEWAY_CERTS_DIR": "docker-compose.yml",
+    **{
+        f"GATEWAY_{name}": "deploy/nginx/postboard.conf.template"  # rendered by the nginx image
+        for name in (
+            "RATE_PER_SECOND",
+            "RATE_BURST",
+            "CONNECTIONS_PER_IP",
+            "HTTP_PORT",
+            "HTTPS_PORT",
+            "WEB_UPSTREAM",
+            "FLOWER_UPSTREAM",
+            "TLS_CERT",
+            "TLS_KEY",
+            "MAX_BODY_BYTES",
+        )
+    },
 }
 
 

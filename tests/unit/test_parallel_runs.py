@@ -83,3 +83,20 @@ def test_no_more_workers_than_redis_dbs() -> None:
     embedded = _config(4)
     assert limit_workers(embedded, {}, worker=None) is None
     assert len(embedded.option.tx) == 4
+
+
+def test_on_a_rabbitmq_broker_each_worker_has_queues_of_its_own() -> None:
+    env = {
+        **CI,
+        "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/ci",
+        "OUTBOX_QUEUE": "feed",
+    }
+    first, second = worker_environment(env, "gw0"), worker_environment(env, "gw1")
+    assert "CELERY_BROKER_URL" not in first  # one vhost for all
+    assert (first["CELERY_DEFAULT_QUEUE"], first["OUTBOX_QUEUE"], first["WEBHOOKS_QUEUE"]) == (
+        "celery-gw0",
+        "feed-gw0",
+        "webhooks-gw0",
+    )
+    assert second["CELERY_DEFAULT_QUEUE"] == "celery-gw1"
+    assert "CELERY_DEFAULT_QUEUE" not in worker_environment(CI, "gw0")  # Redis: a db each
