@@ -54,6 +54,8 @@ IDE_CSP = (
     "'unsafe-inline'; img-src 'self' data:; font-src https://unpkg.com data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+# A POST body larger than this gets no read-ahead (a 2,000-token document fits well within it).
+READ_AHEAD_BODY = 32 * 1024
 _INLINE_SCRIPT = re.compile(r"<script(?![^>]*\ssrc\s*=)[^>]*>(.*?)</script\s*>", re.S | re.I)
 
 
@@ -135,6 +137,8 @@ def _by_post() -> tuple[Any, Any, Any]:
 
 def _reads_ahead() -> list[tuple[str, object]]:
     """The cache entries this request's query reads first (app/graphql/reads_ahead.py)."""
+    if request.method == "POST" and not 0 < (request.content_length or 0) <= READ_AHEAD_BODY:
+        return []  # this runs before the rate limit: no parsing of large bodies for it
     try:
         query, variables, operation_name = _sent()
     except AppError:

@@ -188,6 +188,13 @@ def test_a_kept_querys_cache_reads_come_in_the_pipelines_round_trip(
     user = got.get_json()["data"]["user"]
     assert (user["id"], user["username"]) == (other.id, other.user["username"])
     assert sent == []  # the entry came with the rate limit's round trip
+    gql(client, query, {"id": other.id})
+    assert sent == []  # by POST too
+    padded = query + " " * (40 * 1024)  # a large body is not parsed before the rate limit
+    for _ in range(2):
+        sent.clear()
+        assert gql(client, padded, {"id": other.id}).get_json()["data"]["user"]["id"] == other.id
+        assert len(sent) == 1
     # A write through REST, then the same query: the current state, never the one read before.
     changed = client.patch(
         f"/api/users/{other.id}", json={"display_name": "Renamed"}, headers=other.headers
