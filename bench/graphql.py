@@ -13,7 +13,9 @@ posts each (`users(first: N) { ... posts(first: 5) { ... author { ... } } }`) fo
     DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/pb_gql_bench \\
     REDIS_URL=redis://127.0.0.1:6379/10 .venv/bin/python -m bench.graphql
 
-Target: (g) >= 0.8 x (r) throughput; the statement count equal for 2 and 20 users.
+Target: (g) >= 0.8 x (r) throughput; the statement count equal for 2 and 20 users. Beside the
+throughput, the server's CPU per request (gunicorn's master and workers, from /proc), which
+moves far less than throughput when other work shares the machine.
 """
 
 from __future__ import annotations
@@ -40,6 +42,23 @@ def graphql_path(user_id: str) -> str:
     return "/graphql?" + urllib.parse.urlencode(
         {"query": QUERY, "variables": json.dumps({"id": user_id})}
     )
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by gunicorn `pid` and its workers (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:  # a worker that just exited
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        pending += [int(c) for c in children]
+    return total
 
 
 def statements(env: dict[str, str]) -> dict[int, int]:
@@ -117,26 +136,34 @@ def main() -> None:
         for paths in plans.values():  # warm: every id once
             measure(port, paths, seconds=max(3.0, len(paths) / 500), connections=8, headers=auth)
         results: dict[str, list] = {name: [] for name in plans}
+        cpu: dict[str, list[float]] = {name: [] for name in plans}  # server ms per request
         for _ in range(args.rounds):
             for name, paths in plans.items():
-                results[name].append(
-                    measure(
-                        port,
-                        paths,
-                        seconds=args.seconds,
-                        connections=args.connections,
-                        headers=auth,
-                    )
+                before = server_cpu(proc.pid)
+                result = measure(
+                    port,
+                    paths,
+                    seconds=args.seconds,
+                    connections=args.connections,
+                    headers=auth,
                 )
+                results[name].append(result)
+                cpu[name].append((server_cpu(proc.pid) - before) * 1000 / max(1, result.requests))
         counts = statements(env)
     rps = {name: median([r.rps for r in rs]) for name, rs in results.items()}
     p99 = {name: median([r.percentile(99) for r in rs]) for name, rs in results.items()}
     errors = {name: sum(r.errors for r in rs) for name, rs in results.items()}
+    ms = {name: median(values) for name, values in cpu.items()}
     tool = "wrk" if WRK else "python loadgen"
     print(f"load: {tool}, {args.rounds} rounds x {args.seconds}s, {args.connections} connections")
     for name, label in (("r", "(r) REST GET /api/users/{id}"), ("g", "(g) GraphQL user(id)")):
-        print(f"{label:30} {rps[name]:8.0f} req/s  p99 {p99[name]:.1f} ms  errors {errors[name]}")
+        print(
+            f"{label:30} {rps[name]:8.0f} req/s  p99 {p99[name]:.1f} ms  "
+            f"server CPU {ms[name]:.2f} ms/request  errors {errors[name]}"
+        )
+        print(f"    rounds: {', '.join(f'{r.rps:.0f}' for r in results[name])} req/s")
     print(f"(g)/(r) = {rps['g'] / rps['r']:.2f}  (target >= 0.8)")
+    print(f"server CPU per request (r)/(g) = {ms['r'] / ms['g']:.2f}  (the load-robust figure)")
     print(
         f"SQL statements, users(first: N) with 5 posts each: N=2: {counts[2]}, N=20: {counts[20]}"
     )

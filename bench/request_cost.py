@@ -13,6 +13,7 @@ CPU microseconds per request (process time, best of three passes) for:
     auth GET        warm authenticated GET /api/users/{id}
     auth GET, no cache   the same with CACHE_ENABLED=false
     auth PATCH      authenticated PATCH /api/posts/{id}
+    auth GraphQL    warm authenticated GET /graphql, bench/graphql.py's `user(id)` query
 
 Each variant runs in a fresh interpreter, in the current directory's checkout (run it from an
 older checkout to measure "before"). `--profile VARIANT` prints that variant's cProfile instead,
@@ -31,7 +32,16 @@ import tempfile
 import time
 from typing import Any
 
-VARIANTS = ("bare Flask", "anon GET", "auth GET", "auth GET, no cache", "auth PATCH")
+VARIANTS = (
+    "bare Flask",
+    "anon GET",
+    "auth GET",
+    "auth GET, no cache",
+    "auth PATCH",
+    "auth GraphQL",
+)
+# bench/graphql.py's query: one document text, the id in `variables`.
+GRAPHQL_QUERY = "query U($id: ID!) { user(id: $id) { username } }"
 OUT_OF_REACH = "100000000/minute"
 
 
@@ -84,6 +94,17 @@ def _environs(app: Any, variant: str) -> list[dict[str, Any]]:
     if variant == "anon GET":
         return [
             EnvironBuilder(path=f"/api/users/{i}", environ_base=base).get_environ() for i in ids
+        ]
+    if variant == "auth GraphQL":
+        query = {"query": GRAPHQL_QUERY}
+        return [
+            EnvironBuilder(
+                path="/graphql",
+                query_string={**query, "variables": json.dumps({"id": i})},
+                environ_base=base,
+                headers=auth,
+            ).get_environ()
+            for i in ids
         ]
     if variant.startswith("auth GET"):
         return [

@@ -48,6 +48,7 @@ import pybreaker
 import redis
 from cryptography.fernet import Fernet
 
+from app.core import prefetch
 from app.core.cache_backends import PREFIX, STATS_KEY, Backend, DiskBackend, RedisBackend
 from app.core.cache_integrity import mac_key, signed, verified
 from app.core.metrics import record_cache_read
@@ -160,7 +161,10 @@ class Cache:
         if self.owes_writes and not self._flush_pending():
             return None  # still down: the database answers
         key = cache_key(kind, public_id)
-        entry = self.decode(key, self._call(self.backend.get, key))
+        raw = prefetch.take(key)  # read ahead in the pipeline's round trip (app/core/prefetch.py)
+        if raw is prefetch.NOT_HELD:
+            raw = self._call(self.backend.get, key)
+        entry = self.decode(key, raw)
         self.note_read(kind, hit=entry is not None)
         return entry
 

@@ -13,6 +13,10 @@ answer (a caller who may see more, a draft), a miss or a tombstone goes to the v
 any GET with a query string (the entry is the plain resource; `?as_of=` asks for history), and
 everything while the cache is off, down (its breaker open) or owes writes from an outage, or
 when the cache is not on the limiter's Redis (no shared round trip).
+
+A route whose handler reads cache entries it can name from the request (GraphQL's `user(id)`)
+declares them with `@reads_ahead(reads)`: the same round trip reads them, and the handler's own
+cache reads take the replies (app/core/prefetch.py) instead of a round trip each.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from app.core.security import Principal
 
 F = TypeVar("F", bound=Callable[..., Any])
 Render = Callable[[dict[str, Any], Principal | None], dict[str, Any] | None]
+ReadsAhead = Callable[[], list[tuple[str, object]]]  # (cache kind, public id) about to be read
 ATTR = "_cached_read"
+AHEAD_ATTR = "_reads_ahead"
 
 
 @dataclass(frozen=True)
@@ -57,16 +63,57 @@ def cached_read(kind: str, id_arg: str, render: Render) -> Callable[[F], F]:
 
 def plan(app: Flask, client: Any) -> Planned | None:
     """The cache entry to read in the round trip for this request, or None."""
-    if request.method != "GET" or request.endpoint is None or request.view_args is None:
+    if request.method != "GET" or request.view_args is None:
         return None
     if request.query_string:  # an entry is the plain resource; `?as_of=` asks for another
         return None
-    view = app.view_functions.get(request.endpoint)
-    view_class = getattr(view, "view_class", None)
-    handler = getattr(view_class, "get", None) if view_class is not None else view
-    declared: CachedRead | None = getattr(handler, ATTR, None)
+    declared: CachedRead | None = getattr(_handler(app), ATTR, None)
     if declared is None or declared.id_arg not in request.view_args:
         return None
+    cache = _sharing(client)
+    if cache is None:
+        return None
+    return Planned(declared, cache, cache_key(declared.kind, request.view_args[declared.id_arg]))
+
+
+def reads_ahead(reads: ReadsAhead) -> Callable[[F], F]:
+    """Declare the cache entries a view is about to read, as `reads()` finds them in the
+    request: the pipeline reads them in its one round trip and the cache's `read` takes each
+    reply from there (app/core/prefetch.py). `reads` must be cheap and never raise, and name
+    only what the request reads before it writes anything; a wrong guess costs an unused GET."""
+
+    def decorator(view: F) -> F:
+        setattr(view, AHEAD_ATTR, reads)
+        return view
+
+    return decorator
+
+
+def plan_ahead(app: Flask, client: Any) -> list[str]:
+    """The cache keys the view declared it will read (`reads_ahead`), or none."""
+    declared: ReadsAhead | None = getattr(_handler(app), AHEAD_ATTR, None)
+    if declared is None:
+        return []
+    wanted = declared()
+    if not wanted or _sharing(client) is None:
+        return []
+    return list(dict.fromkeys(cache_key(kind, public_id) for kind, public_id in wanted))
+
+
+def _handler(app: Flask) -> Any:
+    """The view function (or method-view method) this request is routed to, if any."""
+    if request.endpoint is None:
+        return None
+    view = app.view_functions.get(request.endpoint)
+    view_class = getattr(view, "view_class", None)
+    if view_class is None:
+        return view
+    return getattr(view_class, request.method.lower(), None)
+
+
+def _sharing(client: Any) -> Cache | None:
+    """The cache, when its reads can join the limiter's round trip (on that Redis client, up,
+    owing no writes): else None."""
     cache = app_cache()
     backend = cache.backend
     if (
@@ -76,7 +123,7 @@ def plan(app: Flask, client: Any) -> Planned | None:
         or cache.breaker.current_state != "closed"
     ):
         return None
-    return Planned(declared, cache, cache_key(declared.kind, request.view_args[declared.id_arg]))
+    return cache
 
 
 def serve(planned: Planned, raw: Any, principal: Principal | None) -> Response | None:

@@ -5,6 +5,7 @@ metrics (app/core/metrics.py) when a handler named its operation."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
@@ -30,6 +31,7 @@ OTHER_OPERATION = "<other>"
 MAX_OPERATION_NAMES = 200
 MAX_OPERATION_CHARS = 64
 _operation_names: set[str] = set()
+_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 _NAME_CHARS = frozenset("_0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
@@ -53,9 +55,15 @@ def record_operation(
             label = OTHER_OPERATION
         else:
             _operation_names.add(label)
-    OPERATIONS.labels(route, label, kind, str(status)).inc()
+    children = _children.get((route, label, kind, status))
+    if children is None:  # label children resolved once per series (bounded by the names)
+        children = _children[(route, label, kind, status)] = (
+            OPERATIONS.labels(route, label, kind, str(status)),
+            OPERATION_LATENCY.labels(route, label, kind),
+        )
+    children[0].inc()
     if seconds is not None:
-        OPERATION_LATENCY.labels(route, label, kind).observe(seconds)
+        children[1].observe(seconds)
 
 
 def zero_operations(route: str, kinds: Iterable[str]) -> None:

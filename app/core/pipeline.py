@@ -14,6 +14,9 @@
       4b. cached read  that entry's bytes answered with the view's own builder (single_json)
                        when the route's render says the caller may see it (app/core/cached_read.py);
                        the view (5-7) is then skipped, the finish (8-14) is not
+      4c. read ahead   the entries a route declared @reads_ahead (GraphQL's `user(id)`) come in
+                       the same round trip; the handler's cache reads take them from there
+                       (app/core/prefetch.py)
     view
       5. enforce       @authenticated: a cheap check of what steps 3-4 found (401)
       6. validate      @blp.arguments (400)
@@ -44,7 +47,7 @@ from typing import Any, Protocol
 from flask import Flask, Request, Response, current_app, g, request
 from flask.sessions import SessionInterface, SessionMixin
 
-from app.core import cached_read, http_security, limiting
+from app.core import cached_read, http_security, limiting, prefetch
 from app.core.context import client_request_id_var, request_id_var
 from app.core.errors import (
     PayloadTooLarge,
@@ -180,18 +183,21 @@ def before() -> Response | None:
     hit = limiting.request_hit(app)
     limiter = app.extensions["rate_limiter"]
     reads = caller.reads()
+    own = len(reads)
     planned = cached_read.plan(app, limiter.client)
-    if planned is not None:
-        reads = [*reads, ("GET", planned.key)]
-    window, replies = limiter.round_trip(hit, reads)
-    caller.settle(replies[: len(reads) - 1] if planned is not None and replies else replies)
+    ahead = cached_read.plan_ahead(app, limiter.client)
+    keys = ([planned.key] if planned is not None else []) + ahead
+    window, replies = limiter.round_trip(hit, [*reads, *(("GET", key) for key in keys)])
+    caller.settle(replies[:own] if replies else replies)
     if window is not None:
         g.rate_window = window
         if not window.admitted:
             limiting.on_breach(window)
             raise RateLimited(headers=window.headers())
+    if ahead and replies:
+        prefetch.hold(dict(zip(ahead, replies[own + len(keys) - len(ahead) :], strict=True)))
     if planned is not None and replies:
-        return _serve_cached(planned, replies[-1], caller)
+        return _serve_cached(planned, replies[own], caller)
     return None
 
 

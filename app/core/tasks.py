@@ -107,11 +107,10 @@ class PostboardCelery(Celery):
         self.conf.update(beat_timing(periods.values()))
 
     def _forget_connections(self) -> None:
-        """Drop pools and the result backend built for the previous broker and backend."""
+        """Drop pools, queues, router and result backend built for the previous configuration."""
         self._pool = None
-        amqp = self.__dict__.get("amqp")
-        if amqp is not None:
-            amqp._producer_pool = None
+        # Its queues and router keep the settings they were built with (queue type, exchange type).
+        self.__dict__.pop("amqp", None)
         self._backend_cache = None
         self._local = threading.local()
 

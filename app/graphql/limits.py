@@ -1,6 +1,7 @@
 """Bounds on what one GraphQL request may ask, all checked before any resolver runs (so a
 refused query never reaches the database): tokens (at parse), depth and aliases (validation
-rules), and cost (before execution, with the variables' values).
+rules), and cost (before execution, with the variables' values); app/graphql/admission.py
+applies them.
 
 Cost: every field that selects objects counts the objects it may return, times those of the
 fields above it; a connection returns up to `first` (its default when not given). So
@@ -10,7 +11,7 @@ fields above it; a connection returns up to `first` (its default when not given)
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from graphql import (
@@ -29,7 +30,7 @@ from graphql import (
     get_named_type,
 )
 from graphql.type import GraphQLInterfaceType, GraphQLObjectType
-from strawberry.extensions import SchemaExtension
+from strawberry.types import ExecutionContext
 
 from app.core.errors import ValidationFailed
 from app.core.pagination import DEFAULT_PER_PAGE, MAX_PER_PAGE
@@ -38,36 +39,33 @@ MAX_TOKENS = 2000  # the standard introspection query is about 350
 MAX_DEPTH = 10  # users > edges > node > posts > edges > node > field is 7
 MAX_ALIASES = 15
 MAX_COST = 5000
-CACHED_DOCUMENTS = 256  # parsed and validated documents kept per process (clients repeat theirs)
 
 
-class QueryCost(SchemaExtension):
-    """Refuse an operation whose cost is over MAX_COST, after validation, before execution."""
-
-    def on_execute(self) -> Iterator[None]:
-        context = self.execution_context
-        document = context.graphql_document
-        # What the client sent (strawberry has no public name for it: operation_name falls back).
-        if document is not None and context._provided_operation_name is None:
-            operations = sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
-            if operations > 1:  # the spec's rule; strawberry would quietly run the first one
-                refusal = ValidationFailed(
-                    "The document holds several operations: name the one to run.",
-                    details=[{"field": "operationName", "message": "Required with several."}],
-                )
-                raise GraphQLError(refusal.message, original_error=refusal)
-        if document is not None:
-            cost = query_cost(
-                context.schema._schema, document, context.operation_name, context.variables or {}
+def refuse_over_cost(execution: ExecutionContext) -> None:
+    """Refuse the operation (a GraphQLError) when its document holds several operations and none
+    is named, or when its cost is over MAX_COST; after validation, before execution."""
+    document = execution.graphql_document
+    if document is None:
+        return
+    # What the client sent (strawberry has no public name for it: operation_name falls back).
+    if execution._provided_operation_name is None:
+        operations = sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
+        if operations > 1:  # the spec's rule; strawberry would quietly run the first one
+            refusal = ValidationFailed(
+                "The document holds several operations: name the one to run.",
+                details=[{"field": "operationName", "message": "Required with several."}],
             )
-            if cost > MAX_COST:
-                refusal = ValidationFailed(
-                    f"The query costs {cost}, over the limit of {MAX_COST}: ask for fewer items "
-                    "(`first`) or nest fewer lists.",
-                    details=[{"field": "query", "message": f"Cost {cost} > {MAX_COST}."}],
-                )
-                raise GraphQLError(refusal.message, original_error=refusal)
-        yield
+            raise GraphQLError(refusal.message, original_error=refusal)
+    cost = query_cost(
+        execution.schema._schema, document, execution.operation_name, execution.variables or {}
+    )
+    if cost > MAX_COST:
+        refusal = ValidationFailed(
+            f"The query costs {cost}, over the limit of {MAX_COST}: ask for fewer items "
+            "(`first`) or nest fewer lists.",
+            details=[{"field": "query", "message": f"Cost {cost} > {MAX_COST}."}],
+        )
+        raise GraphQLError(refusal.message, original_error=refusal)
 
 
 def query_cost(

@@ -25,7 +25,7 @@ from functools import cache
 from typing import Any
 
 import marshmallow as ma
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from flask.views import MethodView
 from strawberry.exceptions import MissingQueryError
 from strawberry.http.ides import get_graphql_ide_html
@@ -34,11 +34,13 @@ from strawberry.types.graphql import OperationType
 
 from app.auth.guard import BEARER_AUTH, authenticated, caller, current_principal
 from app.core.api import ApiBlueprint, ErrorBodySchema
+from app.core.cached_read import reads_ahead
 from app.core.errors import AppError, InsufficientScope, ValidationFailed, envelope
 from app.core.limiting import client_ip
-from app.core.pipeline import name_operation
+from app.core.pipeline import current_caller, name_operation
 from app.graphql.context import RequestContext
 from app.graphql.errors import classify, formatted
+from app.graphql.reads_ahead import root_reads
 from app.graphql.schema import schema, sdl
 
 blp = ApiBlueprint(
@@ -52,6 +54,8 @@ IDE_CSP = (
     "'unsafe-inline'; img-src 'self' data:; font-src https://unpkg.com data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+# A POST body larger than this gets no read-ahead (a 2,000-token document fits well within it).
+READ_AHEAD_BODY = 32 * 1024
 _INLINE_SCRIPT = re.compile(r"<script(?![^>]*\ssrc\s*=)[^>]*>(.*?)</script\s*>", re.S | re.I)
 
 
@@ -103,6 +107,47 @@ _GRAPHQL_ERRORS = {
 }
 
 
+def _sent() -> tuple[Any, Any, Any]:
+    """(query, variables, operationName) as the request sent them, read once per request (the
+    read-ahead and the view both ask); ValidationFailed when the JSON does not parse."""
+    sent: tuple[Any, Any, Any] | None = g.get("graphql_sent")
+    if sent is None:
+        sent = g.graphql_sent = _by_get() if request.method == "GET" else _by_post()
+    return sent
+
+
+def _by_get() -> tuple[Any, Any, Any]:
+    variables = request.args.get("variables")
+    return (
+        request.args.get("query"),
+        _json_argument(variables, "variables") if variables else None,
+        request.args.get("operationName"),
+    )
+
+
+def _by_post() -> tuple[Any, Any, Any]:
+    body = _json_argument(request.get_data(cache=True, as_text=True), "body")
+    if not isinstance(body, dict):
+        raise ValidationFailed(
+            "Send one GraphQL request as a JSON object (batches are not accepted).",
+            details=[{"field": "body", "message": "Not a JSON object."}],
+        )
+    return body.get("query"), body.get("variables"), body.get("operationName")
+
+
+def _reads_ahead() -> list[tuple[str, object]]:
+    """The cache entries this request's query reads first (app/graphql/reads_ahead.py)."""
+    if request.method == "POST" and not 0 < (request.content_length or 0) <= READ_AHEAD_BODY:
+        return []  # this runs before the rate limit: no parsing of large bodies for it
+    try:
+        query, variables, operation_name = _sent()
+    except AppError:
+        return []  # the view answers it
+    caller = current_caller()
+    subject = caller.subject if caller is not None else None
+    return root_reads(schema._schema, query, variables, operation_name, subject)
+
+
 @blp.route("")
 class GraphQLEndpoint(MethodView):
     @blp.doc(
@@ -118,17 +163,12 @@ class GraphQLEndpoint(MethodView):
     )
     @blp.response(200, GraphQLResponseSchema)
     @authenticated(optional=True)
+    @reads_ahead(_reads_ahead)
     def get(self) -> Any:
         """GraphQL over GET (GraphiQL in a browser, outside production)."""
         if "query" not in request.args and _wants_ide():
             return _ide()
-        variables = request.args.get("variables")
-        return run(
-            request.args.get("query"),
-            _json_argument(variables, "variables") if variables else None,
-            request.args.get("operationName"),
-            get=True,
-        )
+        return run(*_sent(), get=True)
 
     @blp.doc(
         operationId="graphqlPost",
@@ -142,15 +182,10 @@ class GraphQLEndpoint(MethodView):
     )
     @blp.response(200, GraphQLResponseSchema)
     @authenticated(optional=True)
+    @reads_ahead(_reads_ahead)
     def post(self) -> Any:
         """GraphQL over POST: `{"query", "variables"?, "operationName"?}`."""
-        body = _json_argument(request.get_data(cache=True, as_text=True), "body")
-        if not isinstance(body, dict):
-            raise ValidationFailed(
-                "Send one GraphQL request as a JSON object (batches are not accepted).",
-                details=[{"field": "body", "message": "Not a JSON object."}],
-            )
-        return run(body.get("query"), body.get("variables"), body.get("operationName"), get=False)
+        return run(*_sent(), get=False)
 
 
 @blp.route("/schema.graphql")
