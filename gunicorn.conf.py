@@ -77,22 +77,38 @@ def on_exit(server: Any) -> None:
         shutil.rmtree(_own_metrics_dir, ignore_errors=True)
 
 
+def when_ready(server: Any) -> None:
+    """Master, before the first fork: import the tracing machinery once, so that no worker
+    pays for it (it is set up in each worker, after the fork: post_worker_init)."""
+    from app.core import tracing
+
+    if not tracing.disabled():
+        tracing.preload()
+
+
 def post_worker_init(worker: Any) -> None:
     """From SIGTERM on, this worker's /ready answers 503 `draining` while it finishes its work;
-    and its metric files, zero series included, are written before it serves (preload_app)."""
+    its metric files, zero series included, are written before it serves (preload_app); and
+    its tracing is set up here, after the fork (an exporter's thread started in the master
+    would not exist in this process)."""
     import signal
 
     from app.core.metrics import claim_after_fork
+    from app.core.tracing import setup_tracing
     from app.ops.draining import drain_on
 
     drain_on(signal.SIGTERM)
     claim_after_fork()
+    setup_tracing("web", flask_app=getattr(worker, "wsgi", None))
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Close this worker's database and Redis pools as it stops."""
+    """Close this worker's database and Redis pools as it stops, its last spans exported."""
     try:
         from app.core.redis_client import close_all
+        from app.core.tracing import flush_tracing
+
+        flush_tracing()
         from app.extensions import db
 
         app = getattr(worker, "wsgi", None)

@@ -254,3 +254,14 @@ def json_logs() -> Iterator[Callable[[], str]]:
             logging.getLogger(name).propagate = propagate
         logging.captureWarnings(False)
         structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _no_tracing_left_behind() -> Iterator[None]:
+    """A test that set tracing up in this process (or an in-process worker that did, through
+    its worker_init signal) leaves no instrumentation to the next test."""
+    yield
+    from app.core import tracing
+
+    if tracing.current() is not None:
+        tracing.reset_tracing()

@@ -43,6 +43,10 @@ def relay_command(batch_size: int | None, once: bool) -> None:
 
         # A service process, not a terminal's command: JSON lines on stdout like web and worker.
         configure_logging(config["LOG_LEVEL"])
+        from app.core.tracing import setup_tracing
+
+        # Its publishes traced too (app/core/tracing.py), exported when an endpoint is set.
+        setup_tracing("relay", flask_app=current_app._get_current_object())  # type: ignore[attr-defined]
     if (directory := multiprocess_dir()) is not None:
         # Before the relay makes its metric children: prometheus_client opens its files then.
         os.makedirs(directory, exist_ok=True)
@@ -70,6 +74,9 @@ def relay_command(batch_size: int | None, once: bool) -> None:
         )
     finally:
         relay.engine.dispose()
+        from app.core.tracing import flush_tracing
+
+        flush_tracing()
 
 
 def build_relay(batch_size: int | None = None) -> Relay:

@@ -7,8 +7,9 @@ own loggers the same way:
     {"timestamp": "2026-11-21T04:12:00.123456Z", "level": "info", "logger": "app.access",
      "event": "request", "request_id": "...", "method": "GET", "path": "/api/posts", ...}
 
-`request_id` comes from the request (or task) being served (`app.core.context`); a Celery task's
-lines also carry `task_name` and `task_id`. Redaction is the last step before rendering, so it
+`request_id` comes from the request (or task) being served (`app.core.context`), `trace_id` and
+`span_id` from its current span (app/core/tracing.py); a Celery task's lines also carry
+`task_name` and `task_id`. Redaction is the last step before rendering, so it
 holds whatever a caller passes: values under secret-looking keys (password, token,
 authorization, secret, cookie, ...; nested too) become "[REDACTED]", and JWTs, `Bearer ...`
 credentials and `password=...`-style pairs are masked inside any string, the message included
@@ -68,6 +69,19 @@ def _add_request_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDi
     return event_dict
 
 
+def _add_trace(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """`trace_id` and `span_id` of the current span (app/core/tracing.py: the request's, or the
+    task's, which continues the request's trace); nothing where tracing was never set up."""
+    otel = sys.modules.get("opentelemetry.trace")
+    if otel is None:  # the CLI never loads it
+        return event_dict
+    context = otel.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
+
+
 def _add_task(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Inside a Celery task: its name and id (Celery's own TaskFormatter reads the same)."""
     if "celery" not in sys.modules:  # the web and the CLI never pay for it
@@ -106,6 +120,7 @@ _FOREIGN_PRE_CHAIN: list[Processor] = [
 _CONTEXT: tuple[Processor, ...] = (
     structlog.contextvars.merge_contextvars,
     _add_request_id,
+    _add_trace,
     _add_task,
     _drop_noise,
     structlog.processors.format_exc_info,

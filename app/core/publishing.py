@@ -7,6 +7,7 @@ use): a CLI command that never publishes never pays for it; the web binds it at 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -79,7 +80,9 @@ class Publisher:
         if time.monotonic() < self._down_until.get(broker, 0.0):
             log.warning("task_publish_skipped", extra={"task": name, "reason": "broker down"})
             return False
+        # In the caller's context (its current span: the publish continues the request's trace).
         send = self._executor().submit(
+            contextvars.copy_context().run,
             celery.send_task,
             name,
             args=args,

@@ -157,6 +157,29 @@ def test_the_worker_loads_no_web_machinery(configured_env) -> None:
     assert python_json(configured_env, code) == []
 
 
+# What tracing's set-up loads (redis-py itself imports the opentelemetry API and part of the SDK).
+TRACING_SET_UP = (
+    "opentelemetry.sdk.trace",
+    "opentelemetry.instrumentation",
+    "opentelemetry.exporter",
+)
+
+
+def test_tracing_is_loaded_after_the_fork_not_by_building_the_app(configured_env) -> None:
+    """Tracing's set-up (app/core/tracing.py) runs in each gunicorn worker and Celery child
+    after the fork: building the web or worker app, or a CLI call, never loads its machinery
+    (gunicorn's master preloads it in `when_ready`, once, before forking)."""
+    code = (
+        "import json, sys, wsgi, worker\n"
+        "wsgi.app\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({TRACING_SET_UP!r}))))\n"
+    )
+    assert python_json(configured_env, code) == []
+    result = flask(configured_env, "cache", "stats", importtime=True)
+    assert result.returncode == 0, without_importtime(result.stderr)
+    assert not {m for m in imported(result.stderr) if m.startswith(TRACING_SET_UP)}
+
+
 def test_the_cli_app_migrates_with_every_table_of_the_web_app(configured_env) -> None:
     """`flask db migrate | check` compare the database with the metadata: a CLI app's `db`
     must hold every table the web app declares (a missing one would be proposed for a drop)."""

@@ -9,6 +9,7 @@ import re
 
 import yaml
 
+from app.core import tracing
 from app.settings import Settings
 from tests.support.paths import ROOT
 
@@ -18,24 +19,43 @@ SERVICES = COMPOSE["services"]
 TOOL_SETTINGS = ("FLOWER_", "NGINX_")
 # The gateway's configuration: GATEWAY_* are the names its template uses.
 GATEWAY_TEMPLATE = ROOT / "deploy" / "nginx" / "postboard.conf.template"
-# Servers from their own images, configured by those images' variables.
-IMAGE_SERVICES = ("postgres", "redis", "rabbitmq")
+# Servers from their own images, configured by those images' variables (the tracing profile's
+# collector by a mounted file).
+IMAGE_SERVICES = ("postgres", "redis", "rabbitmq", "otel-collector", "jaeger")
+# The app's processes that trace (app/core/tracing.py), and compose's optional tracing profile.
+TRACED = ("web", "worker", "webhooks", "relay", "beat")
+TRACING_PROFILE = ("otel-collector", "jaeger")
 
 
 def variables_the_code_reads() -> set[str]:
     gunicorn = (ROOT / "gunicorn.conf.py").read_text()
     names = set(re.findall(r"os\.environ(?:\.get)?[\(\[]\s*[\"']([A-Z0-9_]+)[\"']", gunicorn))
     gateway = set(re.findall(r"\$\{(GATEWAY_[A-Z0-9_]+)\}", GATEWAY_TEMPLATE.read_text()))
-    return names | Settings.variables() | gateway
+    return names | Settings.variables() | gateway | set(tracing.VARIABLES)
+
+
+def read_by_the_sdk(variable: str) -> bool:
+    """A standard OTEL_* variable OpenTelemetry's SDK reads itself (its own list of them): the
+    one exception to "read by our code", since setting up the SDK is all our code does with it."""
+    import opentelemetry.environment_variables as api
+    import opentelemetry.sdk.environment_variables as sdk
+
+    standard = {v for m in (api, sdk) for v in vars(m).values() if isinstance(v, str)}
+    return variable.startswith("OTEL_") and variable in standard
 
 
 def test_every_variable_compose_sets_is_read_by_the_code() -> None:
     read = variables_the_code_reads()
     assert {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "PORT", "WEB_CONCURRENCY"} <= read
+    assert {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"} <= read
+    assert read_by_the_sdk("OTEL_BSP_SCHEDULE_DELAY")  # the exception is the SDK's own list
+    assert not read_by_the_sdk("OTEL_MADE_UP")
+    assert not read_by_the_sdk("FLOWER_PORT")
     for name, service in SERVICES.items():
         for variable in service.get("environment") or {}:
-            if name in IMAGE_SERVICES or variable.startswith(TOOL_SETTINGS):
-                continue  # the images' and tools' own settings
+            own = name in IMAGE_SERVICES or variable.startswith(TOOL_SETTINGS)
+            if own or read_by_the_sdk(variable):
+                continue  # the images', tools' and OpenTelemetry SDK's own settings
             assert variable in read, f"{name} sets {variable}, which the code never reads"
 
 
@@ -62,9 +82,11 @@ def test_commands_start_what_the_code_provides() -> None:
 
 
 def test_only_the_gateway_is_published() -> None:
-    """gunicorn's sync workers and Flower sit behind nginx: nothing else has a host port."""
+    """gunicorn's sync workers and Flower sit behind nginx: nothing else has a host port, but
+    for the optional tracing profile's Jaeger UI, on loopback only (docs/tracing.md)."""
     published = {name for name, service in SERVICES.items() if service.get("ports")}
-    assert published == {"gateway"}
+    assert published == {"gateway", "jaeger"}
+    assert all(port.startswith("127.0.0.1:") for port in SERVICES["jaeger"]["ports"])
     assert SERVICES["gateway"]["ports"] == ["80:80", "443:443"]
     gateway = SERVICES["gateway"]["environment"]
     assert (gateway["GATEWAY_HTTP_PORT"], gateway["GATEWAY_HTTPS_PORT"]) == (80, 443)
@@ -315,3 +337,31 @@ def test_dockerignore_keeps_secrets_and_dev_files_out_but_not_what_the_image_cop
                 continue  # the globs name caches inside directories, never a copied path
             ignored = source == pattern or source.startswith(f"{pattern}/")
             assert not ignored, f"the Dockerfile copies {source}, which .dockerignore drops"
+
+
+def test_the_tracing_profile_is_optional_and_wired_to_every_traced_process() -> None:
+    """`docker compose --profile tracing up` adds a collector forwarding to Jaeger (its UI on
+    loopback only); without the profile nothing depends on them and export stays off."""
+    for name in TRACING_PROFILE:
+        assert SERVICES[name]["profiles"] == ["tracing"]
+    for name, service in SERVICES.items():
+        if name not in TRACING_PROFILE:
+            assert "profiles" not in service, f"{name} must run without a profile"
+            assert not set(TRACING_PROFILE) & set(service.get("depends_on") or {}), name
+    assert SERVICES["jaeger"]["ports"] == ["127.0.0.1:16686:16686"]
+    assert "ports" not in SERVICES["otel-collector"]  # reached inside the compose network only
+    mount = next(v for v in SERVICES["otel-collector"]["volumes"] if "collector.yaml" in v)
+    source, target = mount.split(":")[:2]
+    assert f"--config={target}" in SERVICES["otel-collector"]["command"]
+    config = yaml.safe_load((ROOT / source).read_text())
+    assert source == "./deploy/otel/collector.yaml"
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"]
+    assert "http" in config["receivers"]["otlp"]["protocols"]
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    (exporter,) = pipeline["exporters"]
+    assert config["exporters"][exporter]["endpoint"].split(":")[0] == "jaeger"
+    for name in TRACED:
+        environment = SERVICES[name]["environment"]
+        assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"
+        assert environment["OTEL_SERVICE_NAME"] == f"postboard-{name}"

@@ -35,6 +35,16 @@ READ_ELSEWHERE = {
     "FLOWER_BASIC_AUTH": "docker-compose.yml",  # Flower reads it in its container
     "NGINX_ENVSUBST_FILTER": "docker-compose.yml",  # the nginx image's entrypoint reads it
     "GATEWAY_CERTS_DIR": "docker-compose.yml",
+    # Read per process by tracing's set-up, before any app's settings (the SDK reads them too).
+    **dict.fromkeys(
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_SERVICE_NAME",
+            "OTEL_SDK_DISABLED",
+        ),
+        "app/core/tracing.py",
+    ),
     **{
         f"GATEWAY_{name}": "deploy/nginx/postboard.conf.template"  # rendered by the nginx image
         for name in (
