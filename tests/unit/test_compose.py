@@ -365,3 +365,12 @@ def test_the_tracing_profile_is_optional_and_wired_to_every_traced_process() -> 
         environment = SERVICES[name]["environment"]
         assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"
         assert environment["OTEL_SERVICE_NAME"] == f"postboard-{name}"
+
+
+def test_the_stateless_services_scale_with_compose_scale() -> None:
+    """`docker compose up --scale web=3 ...` (docs/scaling.md): a service with a fixed container
+    name or a published host port could run only once."""
+    for name in ("web", "worker", "webhooks", "relay", "beat"):
+        service = SERVICES[name]
+        assert "container_name" not in service, name
+        assert not service.get("ports"), f"{name} publishes a port: a second copy could not bind it"
