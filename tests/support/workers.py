@@ -155,3 +155,27 @@ def forget_queue(broker_url: str, queue: str) -> None:
         client.zrem("_kombu.binding_deadlines", queue)
     finally:
         client.close()
+
+
+def sigterm_mid_task(
+    celery: Any, worker: Worker, second: Worker, queue: str, options: tuple[str, ...]
+) -> str:
+    """The warm-shutdown drill (contract §7), on whatever broker `celery` and the workers use: a
+    task running when its worker gets SIGTERM finishes there, the worker exits 0, and nothing is
+    left to run again (`second`, started on the queue, runs a ping queued after anything left
+    while the task's run count stays one). Returns the task's id for the broker's own checks."""
+    token = uuid.uuid4().hex
+    result = celery.send_task("worker.sleep", args=[4, token], queue=queue)
+    wait_for("the task to start", lambda: sleep_marks(token)[0] == 1, timeout=60)
+    assert worker.proc is not None
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=60) == 0
+    log = worker.log()
+    assert "Warm shutdown" in log
+    assert f"[{result.id}] succeeded" in log
+    done = {"token": token, "run": 1, "first": True, "done_by": worker.nodename}
+    assert result.get(timeout=10) == done
+    second.start(*options)
+    assert celery.send_task("worker.ping", queue=queue).get(timeout=60)["status"] == "pong"
+    assert sleep_marks(token) == (1, worker.nodename)
+    return str(result.id)

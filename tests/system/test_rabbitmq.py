@@ -10,7 +10,6 @@ tests/system/test_worker.py's `test_a_write_answers_quickly_when_the_broker_is_u
 
 from __future__ import annotations
 
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +29,13 @@ from tests.support.rabbitmq import (
     needs_rabbitmq,
     own_queues,
 )
-from tests.support.workers import Worker, broker_settings, sleep_marks, wait_for
+from tests.support.workers import (
+    Worker,
+    broker_settings,
+    sigterm_mid_task,
+    sleep_marks,
+    wait_for,
+)
 
 pytestmark = [needs_rabbitmq, pytest.mark.slow]
 
@@ -151,27 +156,9 @@ def test_sigterm_mid_task_finishes_it_exits_zero_and_loses_nothing(
     worker = Worker(app, tmp_path, rabbit, **rabbit).start(*options)
     second = Worker(app, tmp_path, rabbit, **rabbit)
     try:
-        token = uuid.uuid4().hex
-        result = celery.send_task("worker.sleep", args=[4, token], queue=queue)
-        wait_for("the task to start", lambda: sleep_marks(token)[0] == 1, timeout=60)
-        assert worker.proc is not None
-        worker.proc.send_signal(signal.SIGTERM)
-        assert worker.proc.wait(timeout=60) == 0
-        log = worker.log()
-        assert "Warm shutdown" in log
-        assert f"[{result.id}] succeeded" in log
-        assert result.get(timeout=10) == {
-            "token": token,
-            "run": 1,
-            "first": True,
-            "done_by": worker.nodename,
-        }
-        # Acknowledged, not returned: the queue is empty, and a new worker runs a ping (queued
-        # after anything left) while the task's run count stays one.
+        sigterm_mid_task(celery, worker, second, queue, options)
+        # Acknowledged, not returned: the queue is empty.
         assert message_count(RABBITMQ_URL or "", queue) == 0
-        second.start(*options)
-        assert celery.send_task("worker.ping", queue=queue).get(timeout=60)["status"] == "pong"
-        assert sleep_marks(token) == (1, worker.nodename)
     finally:
         worker.stop()
         second.stop()

@@ -36,7 +36,12 @@ from app.users.models import User
 from tests.factories import unique
 from tests.support.backends import ON_POSTGRES, REDIS_URL, test_config
 from tests.support.live import Http, live_server
-from tests.support.workers import Worker, broker_settings, sleep_marks, wait_for
+from tests.support.workers import (
+    Worker,
+    broker_settings,
+    sigterm_mid_task,
+    wait_for,
+)
 
 # One argon2 hash costs about two seconds at this setting (0.8 s per 1000 on an idle core of
 # the build machine): long enough to be in flight when SIGTERM is sent.
@@ -292,35 +297,13 @@ def test_sigterm_mid_task_finishes_it_exits_zero_and_loses_nothing(
     worker = Worker(app, tmp_path, broker).start(*options)
     second = Worker(app, tmp_path, broker)
     try:
-        token = uuid.uuid4().hex
-        result = celery.send_task("worker.sleep", args=[4, token], queue=queue)
-        wait_for("the task to start", lambda: sleep_marks(token)[0] == 1, timeout=60)
-        assert worker.proc is not None
-        worker.proc.send_signal(signal.SIGTERM)
-        assert worker.proc.wait(timeout=60) == 0
-        log = worker.log()
-        assert "Warm shutdown" in log
-        assert f"[{result.id}] succeeded" in log
-
-        assert result.get(timeout=10) == {
-            "token": token,
-            "run": 1,
-            "first": True,
-            "done_by": worker.nodename,
-        }
-        assert sleep_marks(token) == (1, worker.nodename)
-
-        # Nothing was left behind to run again: a new worker on the queue runs a ping (queued
-        # after anything left) and the task's run count is still one.
-        second.start(*options)
-        assert celery.send_task("worker.ping", queue=queue).get(timeout=60)["status"] == "pong"
-        assert sleep_marks(token) == (1, worker.nodename)
+        task_id = sigterm_mid_task(celery, worker, second, queue, options)
         if broker["CELERY_BROKER_URL"].startswith("redis"):
             client = redis.Redis.from_url(broker["CELERY_BROKER_URL"])
             try:
                 assert client.llen(queue) == 0
                 unacked = client.hvals("unacked")
-                assert not any(result.id.encode() in value for value in unacked)
+                assert not any(task_id.encode() in value for value in unacked)
             finally:
                 client.close()
     finally:
