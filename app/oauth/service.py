@@ -31,6 +31,8 @@ from app.users.models import User
 from app.users.repository import UserRepository
 
 CODE_TTL_SECONDS = 60  # contract §9: a code lives at most a minute
+CODE_KEEP_SECONDS = 86400  # an expired code's row, kept a day: a replay still revokes its tokens
+CODE_PURGE_SECONDS = 3600.0  # how often beat purges the older ones
 NATIVE_HOSTS = ("127.0.0.1", "localhost")
 
 
@@ -169,6 +171,14 @@ class OAuthService:
             )
         )
         self.session.commit()
+
+    def purge_expired_codes(self, now: datetime | None = None) -> int:
+        """Delete codes expired over CODE_KEEP_SECONDS ago (periodic, idempotent). An expired
+        code is refused anyway; it is kept a while so that a replay still revokes its tokens."""
+        before = (now or datetime.now(UTC)) - timedelta(seconds=CODE_KEEP_SECONDS)
+        removed = self.repo.purge_codes(before)
+        self.session.commit()
+        return removed
 
     def spend_code(self, code: str, client: OAuthClient) -> OAuthCode | None:
         """The code, spent now; None when unknown, another app's, expired or used before. A code

@@ -109,6 +109,32 @@ def test_codes_live_at_most_a_minute(app, client, account, photo):
         assert row.expires_at - datetime.now(UTC) <= timedelta(seconds=60)
 
 
+def test_beat_purges_codes_a_day_after_they_expired_and_keeps_the_rest(app, client, account, photo):
+    from worker.tasks.maintenance import purge_expired_oauth_codes
+
+    for _ in range(3):
+        get_code(client, photo, account)
+    now = datetime.now(UTC)
+    with app.app_context():
+        ids = list(db.session.scalars(sa.select(OAuthCode.id).order_by(OAuthCode.id)))[-3:]
+        # Long expired; expired a minute ago (kept: a replay still revokes what it issued); live.
+        for code_id, expires in zip(ids, (now - timedelta(days=2), now - timedelta(minutes=1)),
+                                    strict=False):  # fmt: skip
+            db.session.execute(
+                sa.update(OAuthCode).where(OAuthCode.id == code_id).values(expires_at=expires)
+            )
+        db.session.commit()
+        assert purge_expired_oauth_codes.run() == 1
+        assert purge_expired_oauth_codes.run() == 0
+        left = set(db.session.scalars(sa.select(OAuthCode.id)))
+        assert ids[0] not in left
+        assert {ids[1], ids[2]} <= left
+    schedule = {
+        e["task"]: e["schedule"] for e in app.extensions["celery"].conf.beat_schedule.values()
+    }
+    assert schedule.get("oauth.purge_expired_codes") == 3600.0
+
+
 def test_the_consent_form_refuses_a_missing_or_foreign_csrf_token(client, app, account, photo):
     _, challenge = pkce()
     url = authorize_query(photo, challenge)

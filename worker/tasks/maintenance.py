@@ -11,6 +11,7 @@ from app.auth.blocklist import TokenBlocklist
 from app.core.idempotency_store import store as idempotency_store
 from app.core.redis_client import get_redis
 from app.extensions import celery, db
+from app.oauth.service import CODE_PURGE_SECONDS, OAuthService
 
 log = logging.getLogger(__name__)
 
@@ -54,4 +55,16 @@ def purge_expired_idempotency_keys() -> int:
     """Delete idempotency keys past their expiry (idempotent; expired rows are ignored anyway)."""
     removed = idempotency_store().purge_expired()
     log.info("idempotency_keys_purged", extra={"removed": removed})
+    return removed
+
+
+@celery.periodic_task(
+    entry="purge-oauth-codes",
+    every=lambda _config: CODE_PURGE_SECONDS,
+    name="oauth.purge_expired_codes",
+)
+def purge_expired_oauth_codes() -> int:
+    """Delete authorization codes long expired (idempotent: an expired code is refused anyway)."""
+    removed = OAuthService.from_app().purge_expired_codes()
+    log.info("oauth_codes_purged", extra={"removed": removed})
     return removed
