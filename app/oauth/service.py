@@ -107,7 +107,8 @@ class OAuthService:
             raise ValidationFailed(details=problems)
         secret = secrets.token_urlsafe(36) if data["confidential"] else None
         client = OAuthClient(
-            client_id=secrets.token_urlsafe(24),
+            # Hex: an id that began with "-" would read as an option to `flask oauth clients ...`.
+            client_id=secrets.token_hex(16),
             client_secret_hash=secret_digest(secret) if secret else None,
             owner_id=owner_id,
             name=data["name"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.support.oauth import REDIRECT, bearer, register_app, tokens
@@ -47,6 +49,8 @@ def test_bad_input_is_one_line(cli, account, args, text):
 
 def test_delete_ends_the_apps_tokens(cli, client, account, other):
     made = register_app(client, other)
+    # Never a leading "-" (click would read the id as an option): 128 bits in hex.
+    assert re.fullmatch(r"[0-9a-f]{32}", made["client_id"]), made["client_id"]
     issued = tokens(client, made, account)
     answer = cli("delete", made["client_id"])
     assert answer.exit_code == 0, answer.output
