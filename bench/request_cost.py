@@ -133,9 +133,8 @@ def _environs(app: Any, variant: str) -> list[dict[str, Any]]:
     ]
 
 
-def _runner(variant: str) -> Any:
-    app = _app(variant)
-    environs = _environs(app, variant)
+def caller(app: Any, environs: list[dict[str, Any]]) -> Any:
+    """`once(k)`: the k-th request (round robin over `environs`) straight through the WSGI app."""
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
         return None
@@ -154,6 +153,13 @@ def _runner(variant: str) -> Any:
         if close is not None:
             close()
 
+    return once
+
+
+def _runner(variant: str) -> Any:
+    app = _app(variant)
+    environs = _environs(app, variant)
+    once = caller(app, environs)
     for k in range(len(environs) * 2):  # the first pass fills the cache
         once(k)
     return once

@@ -42,7 +42,7 @@ REQUESTS = ("auth GET", "auth PATCH")
 
 
 def measure(variant: str, request: str, requests: int) -> float:
-    from bench.request_cost import _app, _environs
+    from bench.request_cost import _app, _environs, caller
 
     app = _app(request)
     if variant != "none":  # as gunicorn's post_worker_init: before the app's first request
@@ -53,22 +53,7 @@ def measure(variant: str, request: str, requests: int) -> float:
         assert state.exporting == (variant == "export on")
     environs = _environs(app, request)
 
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-        return None
-
-    def once(k: int) -> None:
-        environ = dict(environs[k % len(environs)])
-        if "wsgi.input" in environ:  # a body: a fresh stream each time
-            import io
-
-            data = environ["wsgi.input"]
-            data.seek(0)
-            environ["wsgi.input"] = io.BytesIO(data.read())
-        body = app(environ, start_response)
-        b"".join(body)
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
+    once = caller(app, environs)
 
     for k in range(len(environs) * 2):  # warm: the cache filled, the first batches sent
         once(k)
